@@ -1,0 +1,52 @@
+# Atelier: the two commands are `make demo` and `make test`. Everything they need is set up here.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+ATELIER := $(VENV)/bin/atelier
+
+.PHONY: venv up down status demo test lint bench lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian: apt-get install python3.11 python3.11-venv)"; exit 1; }
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -r requirements.txt
+	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-*; touch $@
+
+up: venv
+	scripts/stack.sh up
+
+down:
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+# Runs one catalog drop of 200 sample SKUs end to end on the local stack and prints the summary.
+demo: up
+	$(ATELIER) demo --skus $${SKUS:-200}
+
+# The whole suite: unit tests, integration tests on real Postgres/Redis/S3, end-to-end on real Airflow.
+test: up
+	$(VENV)/bin/ruff check dags include plugins tests
+	$(VENV)/bin/pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check dags include plugins tests
+	$(VENV)/bin/ruff format --check dags include plugins tests
+
+# Benchmark: a 2,000-SKU drop (sharded) against one mapped task per SKU; prints the figures.
+bench: up
+	$(ATELIER) bench --skus $${SKUS:-2000}
+
+# Regenerate the pinned requirements.txt from requirements.in.
+lock:
+	uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+clean: down
+	rm -rf .state out

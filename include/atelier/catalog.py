@@ -1,0 +1,104 @@
+"""Brands, output specs and the identifiers of a drop: what is allowed and how it is named."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from atelier.settings import load_config
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    width: int
+    height: int
+    format: str
+
+    @property
+    def extension(self) -> str:
+        return FORMATS[self.format]
+
+    def canonical(self) -> str:
+        return json.dumps({"w": self.width, "h": self.height, "f": self.format}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Brand:
+    slug: str
+    success_threshold: float
+    backdrop_top: str
+    backdrop_bottom: str
+    shadow_strength: float
+    allowed_image_hosts: tuple[str, ...]
+
+
+class ConfigError(ValueError):
+    """A trigger's configuration (brand, specs, drop id, ...) is not acceptable."""
+
+
+def all_specs() -> dict[str, OutputSpec]:
+    return {name: OutputSpec(name, v["width"], v["height"], v["format"]) for name, v in load_config("specs.json").items()}
+
+
+def resolve_specs(names: list[str]) -> list[OutputSpec]:
+    known = all_specs()
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"output_specs: expected a non-empty list of spec names, got {names!r}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"output_specs: unknown spec(s) {unknown}; known: {sorted(known)}")
+    return [known[n] for n in sorted(set(names))]
+
+
+def brand(slug: str) -> Brand:
+    if not isinstance(slug, str) or not SLUG.match(slug):
+        raise ConfigError(f"brand: {slug!r} is not a brand slug (lowercase letters, digits, '-', 2-40 chars)")
+    brands: dict[str, Any] = load_config("brands.json")
+    merged = {**brands["_default"], **brands.get(slug, {})}
+    return Brand(
+        slug=slug,
+        success_threshold=float(merged["success_threshold"]),
+        backdrop_top=merged["backdrop_top"],
+        backdrop_bottom=merged["backdrop_bottom"],
+        shadow_strength=float(merged["shadow_strength"]),
+        allowed_image_hosts=tuple(merged["allowed_image_hosts"]),
+    )
+
+
+def check_drop_id(drop_id: str) -> str:
+    if not isinstance(drop_id, str) or not DROP_ID.match(drop_id):
+        raise ConfigError(f"drop_id: {drop_id!r} must be 1-64 of letters, digits, '.', '_', '-'")
+    return drop_id
+
+
+def default_drop_id(manifest_sha256: str) -> str:
+    """A drop triggered without an id is named by its manifest's content."""
+    return f"m{manifest_sha256[:15]}"
+
+
+def campaign_id(brand_slug: str, drop_id: str, manifest_sha256: str, specs: list[OutputSpec], provider: str) -> str:
+    """The campaign key: the same brand, drop, manifest bytes, specs and provider are one campaign."""
+    material = json.dumps(
+        [brand_slug, drop_id, manifest_sha256, sorted(s.canonical() for s in specs), provider], sort_keys=True
+    )
+    digest = hashlib.sha256(material.encode()).hexdigest()
+    return f"{brand_slug}.{drop_id}.{digest[:12]}"
+
+
+def run_id_for(campaign: str) -> str:
+    """The Airflow run id of a campaign, so a repeated trigger finds the existing run."""
+    return f"drop__{campaign}"
+
+
+def render_key(input_fingerprint: str, spec: OutputSpec, model_version: str) -> str:
+    """One render = input image bytes × output spec × model version, whichever campaign asks."""
+    material = f"{input_fingerprint}|{spec.canonical()}|{model_version}"
+    return hashlib.sha256(material.encode()).hexdigest()

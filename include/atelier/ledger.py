@@ -1,0 +1,358 @@
+"""The ledger in Postgres: campaigns, SKUs, renders and outputs, written idempotently.
+
+Every function takes an open DB-API connection (psycopg2): the CLI and tests connect with a DSN,
+tasks through the Airflow connection ``atelier_ledger``. Each function commits its own work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg2.extras import execute_values
+
+from atelier import planning
+from atelier.catalog import OutputSpec, render_key
+from atelier.manifest import Row
+
+LEASE_SECONDS = 900
+
+
+def connect(dsn: str) -> Any:
+    import psycopg2
+
+    return psycopg2.connect(dsn, connect_timeout=10, application_name="atelier")
+
+
+@dataclass(frozen=True)
+class NewCampaign:
+    campaign_id: str
+    brand: str
+    drop_id: str
+    manifest_uri: str
+    manifest_sha256: str
+    specs: list[OutputSpec]
+    provider: str
+    model_version: str
+    priority: str
+    dry_run: bool
+    dag_run_id: str | None
+
+
+def register_campaign(conn: Any, c: NewCampaign) -> tuple[dict[str, Any], bool]:
+    """Inserts the campaign unless it exists; returns (row, created)."""
+    specs = [{"name": s.name, "width": s.width, "height": s.height, "format": s.format} for s in c.specs]
+    with conn.cursor() as cur:
+        cur.execute(
+            """INSERT INTO campaigns (campaign_id, brand, drop_id, manifest_uri, manifest_sha256, specs, provider,
+                                      model_version, priority, dry_run, dag_run_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (campaign_id) DO NOTHING RETURNING campaign_id""",
+            (c.campaign_id, c.brand, c.drop_id, c.manifest_uri, c.manifest_sha256, json.dumps(specs), c.provider,
+             c.model_version, c.priority, c.dry_run, c.dag_run_id),
+        )
+        created = cur.fetchone() is not None
+    conn.commit()
+    return campaign(conn, c.campaign_id), created
+
+
+def campaign(conn: Any, campaign_id: str) -> dict[str, Any]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT * FROM campaigns WHERE campaign_id = %s", (campaign_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise KeyError(f"no campaign {campaign_id!r}")
+        cols = [d[0] for d in cur.description]
+    conn.rollback()
+    return dict(zip(cols, row, strict=True))
+
+
+def find_campaigns(conn: Any, ident: str) -> list[dict[str, Any]]:
+    """Campaigns by id, id prefix or Airflow run id (for ``atelier status``)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT campaign_id FROM campaigns WHERE campaign_id = %s OR dag_run_id = %s OR campaign_id LIKE %s "
+            "ORDER BY created_at DESC LIMIT 20",
+            (ident, ident, ident.replace("%", r"\%").replace("_", r"\_") + "%"),
+        )
+        ids = [r[0] for r in cur.fetchall()]
+    conn.rollback()
+    return [campaign(conn, i) for i in ids]
+
+
+@dataclass(frozen=True)
+class Shard:
+    shard: int
+    first_sku: str
+    last_sku: str
+    skus: int
+
+    @property
+    def label(self) -> str:
+        return planning.shard_label(self.first_sku, self.last_sku, self.skus)
+
+
+def plan_campaign(
+    conn: Any,
+    campaign_id: str,
+    rows: Iterable[Row],
+    fingerprints: dict[str, str],
+    specs: list[OutputSpec],
+    model_version: str,
+    live_outputs: "LiveOutputs",
+    requested_shard_size: int = 0,
+) -> None:
+    """Writes the SKUs and renders of a registered campaign in one transaction, marks renders whose
+    render key already has a live output as skipped (dedup across campaigns and within the drop),
+    and assigns the rest to shards. A campaign that is already planned is left as it is."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT state FROM campaigns WHERE campaign_id = %s FOR UPDATE", (campaign_id,))
+        got = cur.fetchone()
+        if got is None:
+            raise KeyError(f"no campaign {campaign_id!r}")
+        if got[0] != "registered":
+            conn.rollback()
+            return
+        sku_rows, render_rows = [], []
+        for row in rows:
+            fp = fingerprints[row.image_uri]
+            sku_rows.append((campaign_id, row.sku, row.number, row.title, row.category, row.image_uri, fp,
+                             json.dumps(row.attributes)))
+            for spec in specs:
+                render_rows.append((campaign_id, row.sku, spec.name, render_key(fp, spec, model_version)))
+        execute_values(cur, "INSERT INTO skus (campaign_id, sku, row_no, title, category, image_uri, fingerprint, "
+                            "attributes) VALUES %s", sku_rows, page_size=2000)
+        execute_values(cur, "INSERT INTO renders (campaign_id, sku, spec, render_key) VALUES %s",
+                       render_rows, page_size=2000)
+        # Dedup 1: an output for this render key exists (any campaign) and its object is still in S3.
+        keys = sorted({r[3] for r in render_rows})
+        cur.execute("SELECT render_key, bucket, key FROM outputs WHERE render_key = ANY(%s)", (keys,))
+        stale = live_outputs.stale(cur.fetchall())
+        if stale:  # the object is gone (e.g. a fresh S3 endpoint): forget it so it is rendered again
+            cur.execute("DELETE FROM outputs WHERE render_key = ANY(%s)", (stale,))
+        cur.execute(
+            """UPDATE renders r SET state = 'skipped', finished_at = now(), updated_at = now()
+               FROM outputs o WHERE r.campaign_id = %s AND r.render_key = o.render_key""",
+            (campaign_id,),
+        )
+        # Dedup 2: identical renders inside this drop (same image bytes and spec): render the first only.
+        cur.execute(
+            """WITH ranked AS (
+                 SELECT r.sku, r.spec, row_number() OVER (PARTITION BY r.render_key ORDER BY s.row_no) AS n
+                 FROM renders r JOIN skus s USING (campaign_id, sku)
+                 WHERE r.campaign_id = %s AND r.state = 'pending')
+               UPDATE renders r SET state = 'skipped', finished_at = now(), updated_at = now()
+               FROM ranked WHERE r.campaign_id = %s AND r.sku = ranked.sku AND r.spec = ranked.spec
+                 AND ranked.n > 1""",
+            (campaign_id, campaign_id),
+        )
+        cur.execute(
+            "SELECT count(DISTINCT sku) FROM renders WHERE campaign_id = %s AND state = 'pending'", (campaign_id,)
+        )
+        to_render = cur.fetchone()[0]
+        size = planning.shard_size(to_render, requested_shard_size)
+        cur.execute(
+            """WITH todo AS (
+                 SELECT s.sku, (row_number() OVER (ORDER BY s.row_no) - 1) / %s AS shard FROM skus s
+                 WHERE s.campaign_id = %s AND EXISTS (
+                   SELECT 1 FROM renders r WHERE r.campaign_id = s.campaign_id AND r.sku = s.sku
+                     AND r.state = 'pending'))
+               UPDATE skus s SET shard = todo.shard FROM todo WHERE s.campaign_id = %s AND s.sku = todo.sku""",
+            (size, campaign_id, campaign_id),
+        )
+        cur.execute(
+            """UPDATE renders r SET shard = s.shard FROM skus s
+               WHERE r.campaign_id = %s AND s.campaign_id = r.campaign_id AND s.sku = r.sku AND r.state = 'pending'""",
+            (campaign_id,),
+        )
+        cur.execute(
+            """UPDATE campaigns SET state = 'planned', sku_count = %s, render_count = %s, shard_size = %s,
+                 shard_count = %s, updated_at = now() WHERE campaign_id = %s""",
+            (len(sku_rows), len(render_rows), size, planning.shard_count(to_render, size), campaign_id),
+        )
+    conn.commit()
+
+
+class LiveOutputs:
+    """Decides which recorded outputs still exist in S3 (so dedup never points at a lost object)."""
+
+    def __init__(self, storage: Any):
+        self.storage = storage
+
+    def stale(self, outputs: list[tuple[str, str, str]]) -> list[str]:
+        by_bucket: dict[str, list[tuple[str, str]]] = {}
+        for rk, bucket, key in outputs:
+            by_bucket.setdefault(bucket, []).append((rk, key))
+        gone = []
+        for bucket, items in by_bucket.items():
+            present = self.storage.exists_many(bucket, [k for _, k in items])
+            gone += [rk for rk, k in items if not present[k]]
+        return gone
+
+
+def open_shards(conn: Any, campaign_id: str) -> list[Shard]:
+    """Shards that still have work: pending renders, or running ones whose lease expired."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT s.shard, min(s.sku), max(s.sku), count(*) FROM skus s
+               WHERE s.campaign_id = %s AND s.shard IN (
+                 SELECT DISTINCT shard FROM renders WHERE campaign_id = %s AND (state = 'pending'
+                   OR (state = 'running' AND lease_expires_at < now())))
+               GROUP BY s.shard ORDER BY s.shard""",
+            (campaign_id, campaign_id),
+        )
+        shards = [Shard(*r) for r in cur.fetchall()]
+    conn.rollback()
+    return shards
+
+
+@dataclass(frozen=True)
+class Claimed:
+    sku: str
+    spec: str
+    render_key: str
+    image_uri: str
+    attempts: int
+
+
+def claim(conn: Any, campaign_id: str, shard: int, owner: str, lease_seconds: int = LEASE_SECONDS) -> list[Claimed]:
+    """Takes the shard's renders that are pending, already ours, or whose lease expired. Row locks
+    with SKIP LOCKED mean two claimers never get the same render."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """WITH todo AS (
+                 SELECT campaign_id, sku, spec FROM renders
+                 WHERE campaign_id = %s AND shard = %s AND (state = 'pending' OR (state = 'running'
+                   AND (lease_owner = %s OR lease_expires_at < now())))
+                 ORDER BY sku, spec FOR UPDATE SKIP LOCKED)
+               UPDATE renders r SET state = 'running', lease_owner = %s,
+                 lease_expires_at = now() + make_interval(secs => %s), attempts = r.attempts + 1, updated_at = now()
+               FROM todo, skus s
+               WHERE r.campaign_id = todo.campaign_id AND r.sku = todo.sku AND r.spec = todo.spec
+                 AND s.campaign_id = r.campaign_id AND s.sku = r.sku
+               RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts""",
+            (campaign_id, shard, owner, owner, lease_seconds),
+        )
+        claimed = sorted((Claimed(*r) for r in cur.fetchall()), key=lambda c: (c.sku, c.spec))
+    conn.commit()
+    return claimed
+
+
+def extend_lease(conn: Any, campaign_id: str, owner: str, lease_seconds: int = LEASE_SECONDS) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE renders SET lease_expires_at = now() + make_interval(secs => %s)
+               WHERE campaign_id = %s AND lease_owner = %s AND state = 'running'""",
+            (lease_seconds, campaign_id, owner),
+        )
+    conn.commit()
+
+
+@dataclass(frozen=True)
+class Output:
+    bucket: str
+    key: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    format: str
+    qa_passed: bool
+    qa_reason: str | None
+
+
+def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Output, render_ms: int) -> bool:
+    """Records the output (once per render key) and finishes the render; False if our lease was lost."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
+                                    qa_reason, campaign_id)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
+            (c.render_key, out.bucket, out.key, out.sha256, out.bytes, out.width, out.height, out.format,
+             out.qa_passed, out.qa_reason, campaign_id),
+        )
+        cur.execute(
+            """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, finished_at = now(),
+                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+               WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
+            (render_ms, campaign_id, c.sku, c.spec, owner),
+        )
+        ok = cur.rowcount == 1
+    conn.commit()
+    return ok
+
+
+def record_failure(conn: Any, campaign_id: str, c: Claimed, owner: str, reason: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE renders SET state = 'failed', error = %s, finished_at = now(), updated_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL
+               WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
+            (reason[:2000], campaign_id, c.sku, c.spec, owner),
+        )
+        ok = cur.rowcount == 1
+    conn.commit()
+    return ok
+
+
+def release(conn: Any, campaign_id: str, owner: str) -> int:
+    """Returns renders we still hold to pending (the task is failing on an infrastructure error)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE renders SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               WHERE campaign_id = %s AND lease_owner = %s AND state = 'running'""",
+            (campaign_id, owner),
+        )
+        n = cur.rowcount
+    conn.commit()
+    return n
+
+
+RESULT_COLUMNS = ("sku", "spec", "state", "render_key", "error", "attempts", "render_ms", "output_bucket",
+                  "output_key", "output_sha256", "qa_passed", "qa_reason", "reused")
+
+
+def results(conn: Any, campaign_id: str) -> Iterator[dict[str, Any]]:
+    """Every render of the campaign with its output (if any), streamed with a server-side cursor.
+    ``reused`` marks a skipped render (its output came from an identical earlier render)."""
+    with conn.cursor(name=f"results_{abs(hash(campaign_id))}") as cur:
+        cur.itersize = 5000
+        cur.execute(
+            """SELECT r.sku, r.spec, r.state, r.render_key, r.error, r.attempts, r.render_ms, o.bucket, o.key,
+                      o.sha256, o.qa_passed, o.qa_reason, r.state = 'skipped'
+               FROM renders r JOIN skus s USING (campaign_id, sku)
+               LEFT JOIN outputs o ON o.render_key = r.render_key
+               WHERE r.campaign_id = %s ORDER BY s.row_no, r.spec""",
+            (campaign_id,),
+        )
+        for row in cur:
+            yield dict(zip(RESULT_COLUMNS, row, strict=True))
+    conn.rollback()
+
+
+def state_counts(conn: Any, campaign_id: str) -> dict[str, int]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT state, count(*) FROM renders WHERE campaign_id = %s GROUP BY state", (campaign_id,))
+        counts = {s: 0 for s in ("pending", "running", "succeeded", "failed", "skipped")}
+        counts.update(dict(cur.fetchall()))
+    conn.rollback()
+    return counts
+
+
+def finish_campaign(conn: Any, campaign_id: str, state: str, counts: dict[str, Any], qa: dict[str, Any],
+                    report_uri: str | None, contact_sheet_uri: str | None) -> None:
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE campaigns SET state = %s, counts = %s, qa = %s, report_uri = %s, contact_sheet_uri = %s,
+                 finished_at = now(), updated_at = now() WHERE campaign_id = %s""",
+            (state, json.dumps(counts), json.dumps(qa), report_uri, contact_sheet_uri, campaign_id),
+        )
+    conn.commit()
+
+
+def set_state(conn: Any, campaign_id: str, state: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("UPDATE campaigns SET state = %s, updated_at = now() WHERE campaign_id = %s", (state, campaign_id))
+    conn.commit()

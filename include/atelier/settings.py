@@ -1,0 +1,70 @@
+"""The one settings object. Values come from the environment; for anything unset, the local
+stack's defaults in ``config/local.env`` apply, so the CLI works against ``make up`` as is."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "config"
+
+
+def _local_env() -> dict[str, str]:
+    path = CONFIG_DIR / "local.env"
+    values: dict[str, str] = {"ATELIER_ROOT": str(ROOT)}
+    if not path.exists():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, raw = line.partition("=")
+        raw = raw.strip().strip("'\"")
+        values[key] = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), ""), raw)
+    return values
+
+
+def _get(name: str, default: str = "") -> str:
+    if name in os.environ:
+        return os.environ[name]
+    return _local_env().get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    ledger_dsn: str = field(default_factory=lambda: _get("ATELIER_LEDGER_DSN"))
+    redis_url: str = field(default_factory=lambda: _get("ATELIER_REDIS_URL"))
+    s3_endpoint: str = field(default_factory=lambda: _get("ATELIER_S3_ENDPOINT"))
+    s3_region: str = field(default_factory=lambda: _get("AWS_DEFAULT_REGION", "us-east-1"))
+    airflow_url: str = field(default_factory=lambda: _get("ATELIER_AIRFLOW_URL"))
+    airflow_user: str = field(default_factory=lambda: _get("ATELIER_AIRFLOW_USER"))
+    airflow_password: str = field(default_factory=lambda: _get("ATELIER_AIRFLOW_PASSWORD"))
+    statsd_host: str = field(default_factory=lambda: _get("ATELIER_STATSD_HOST", "127.0.0.1"))
+    statsd_port: int = field(default_factory=lambda: int(_get("ATELIER_STATSD_PORT", "8125")))
+    inbox_bucket: str = field(default_factory=lambda: _get("ATELIER_INBOX_BUCKET", "atelier-inbox"))
+    renders_bucket: str = field(default_factory=lambda: _get("ATELIER_RENDERS_BUCKET", "atelier-renders"))
+    reports_bucket: str = field(default_factory=lambda: _get("ATELIER_REPORTS_BUCKET", "atelier-reports"))
+
+    def aws_env(self) -> dict[str, str]:
+        """Credentials for the S3 client; from the environment, else the local stack's."""
+        return {
+            "aws_access_key_id": _get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": _get("AWS_SECRET_ACCESS_KEY"),
+        }
+
+
+@cache
+def settings() -> Settings:
+    return Settings()
+
+
+@cache
+def load_config(name: str) -> Any:
+    """A JSON file from ``config/`` (output specs, brands, pools)."""
+    return json.loads((CONFIG_DIR / name).read_text())

@@ -1,0 +1,207 @@
+"""S3: reading drops (manifests, packshots) and writing renders and reports exactly once.
+
+Render objects are content-addressed (``renders/<rk[:2]>/<render_key>.<ext>``) and written with a
+conditional put (``If-None-Match: *``), so a retried or duplicated task can never write a key twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import base64
+import ipaddress
+import socket
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from atelier.images import MAX_INPUT_BYTES
+from atelier.settings import Settings, settings
+
+FETCH_THREADS = 16
+
+
+class StorageError(RuntimeError):
+    """An S3 or HTTP read/write failed in a way that retrying will not fix."""
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parts = urlsplit(uri)
+    if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
+        raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def s3_client(cfg: Settings | None = None) -> Any:
+    """A boto3 S3 client for the CLI and tests; tasks get theirs from the Airflow connection."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = cfg or settings()
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.s3_endpoint or None,
+        region_name=cfg.s3_region,
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 5, "mode": "standard"},
+                      max_pool_connections=FETCH_THREADS * 2),
+        **cfg.aws_env(),
+    )
+
+
+def render_object_key(render_key: str, extension: str) -> str:
+    return f"renders/{render_key[:2]}/{render_key}.{extension}"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    created: bool  # False: the object already existed with the same bytes (an earlier attempt wrote it)
+    sha256: str
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class Storage:
+    def __init__(self, client: Any):
+        self.client = client
+
+    # -- reading ------------------------------------------------------------------------------
+    def open(self, uri: str) -> IO[bytes]:
+        bucket, key = split_s3(uri)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise FileNotFoundError(f"{uri} does not exist") from exc
+            raise
+
+    def read(self, uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+        if uri.startswith("https://"):
+            return fetch_https(uri, max_bytes)
+        body = self.open(uri)
+        data = body.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise StorageError(f"{uri} is larger than {max_bytes} bytes")
+        return data
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def exists_many(self, bucket: str, keys: Iterable[str]) -> dict[str, bool]:
+        keys = list(keys)
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            return dict(zip(keys, pool.map(lambda k: self.exists(bucket, k), keys), strict=True))
+
+    def fingerprints(self, uris: Iterable[str]) -> dict[str, str]:
+        """A content fingerprint per input image without downloading it: S3's ETag (the MD5 of
+        the bytes for single-part uploads) and size, listed in bulk per prefix; https images are
+        hashed after a safe download."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        result: dict[str, str] = {}
+        https: list[str] = []
+        for uri in uris:
+            if uri.startswith("https://"):
+                https.append(uri)
+                continue
+            bucket, key = split_s3(uri)
+            prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+            wanted.setdefault((bucket, prefix), set()).add(key)
+        for (bucket, prefix), keys in wanted.items():
+            found: dict[str, str] = {}
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                for obj in page.get("Contents", []):
+                    if obj["Key"] in keys:
+                        found[obj["Key"]] = f"etag:{obj['ETag'].strip(chr(34))}:{obj['Size']}"
+            for key in keys:
+                result[f"s3://{bucket}/{key}"] = found.get(key, "missing")
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            for uri, digest in zip(https, pool.map(_https_fingerprint, https), strict=True):
+                result[uri] = digest
+        return result
+
+    # -- writing ------------------------------------------------------------------------------
+    def put_once(self, bucket: str, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PutResult:
+        """Writes ``key`` only if absent. If it exists with the same bytes, that is success
+        (an earlier attempt wrote it); with other bytes, it is an error, never an overwrite."""
+        digest = hashlib.sha256(data).digest()
+        sha_b64 = base64.b64encode(digest).decode()
+        try:
+            self.client.put_object(
+                Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata,
+                IfNoneMatch="*", ChecksumAlgorithm="SHA256", ChecksumSHA256=sha_b64,
+            )
+            return PutResult(True, digest.hex())
+        except Exception as exc:
+            if _error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise
+        head = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        existing = head.get("ChecksumSHA256") or head.get("Metadata", {}).get("sha256-b64")
+        if existing != sha_b64:
+            raise StorageError(f"s3://{bucket}/{key} exists with different bytes; refusing to overwrite")
+        return PutResult(False, digest.hex())
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
+        """Reports are replaced as a whole (one PUT is atomic in S3)."""
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return f"s3://{bucket}/{key}"
+
+    def ensure_buckets(self, names: Iterable[str]) -> None:
+        existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
+        for name in names:
+            if name not in existing:
+                self.client.create_bucket(Bucket=name)
+
+    def upload_tree(self, files: list[tuple[str, bytes | str]], bucket: str) -> None:
+        """Uploads (key, bytes-or-path) pairs in parallel (sample catalogs, demo inputs)."""
+
+        def one(item: tuple[str, bytes | str]) -> None:
+            key, body = item
+            data = body if isinstance(body, bytes) else open(body, "rb").read()  # noqa: SIM115
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            list(pool.map(one, files))
+
+
+def _check_public_host(host: str) -> None:
+    """Refuses hosts that resolve to loopback, private, link-local or reserved addresses."""
+    try:
+        infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise StorageError(f"cannot resolve image host {host}: {exc}") from exc
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0])
+        if not ip.is_global:
+            raise StorageError(f"image host {host} resolves to non-public address {ip}")
+
+
+def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """Downloads an https image from an allowed host (checked by the manifest) without redirects."""
+    import httpx
+
+    host = urlsplit(uri).hostname or ""
+    _check_public_host(host)
+    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False) as client:
+        with client.stream("GET", uri) as resp:
+            if resp.status_code != 200:
+                raise StorageError(f"GET {uri} answered {resp.status_code}")
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise StorageError(f"{uri} is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _https_fingerprint(uri: str) -> str:
+    return "sha256:" + hashlib.sha256(fetch_https(uri)).hexdigest()
