@@ -45,7 +45,9 @@ class ConfigError(ValueError):
 
 
 def all_specs() -> dict[str, OutputSpec]:
-    return {name: OutputSpec(name, v["width"], v["height"], v["format"]) for name, v in load_config("specs.json").items()}
+    return {
+        name: OutputSpec(name, v["width"], v["height"], v["format"]) for name, v in load_config("specs.json").items()
+    }
 
 
 def resolve_specs(names: list[str]) -> list[OutputSpec]:

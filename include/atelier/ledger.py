@@ -50,8 +50,19 @@ def register_campaign(conn: Any, c: NewCampaign) -> tuple[dict[str, Any], bool]:
                                       model_version, priority, dry_run, dag_run_id)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (campaign_id) DO NOTHING RETURNING campaign_id""",
-            (c.campaign_id, c.brand, c.drop_id, c.manifest_uri, c.manifest_sha256, json.dumps(specs), c.provider,
-             c.model_version, c.priority, c.dry_run, c.dag_run_id),
+            (
+                c.campaign_id,
+                c.brand,
+                c.drop_id,
+                c.manifest_uri,
+                c.manifest_sha256,
+                json.dumps(specs),
+                c.provider,
+                c.model_version,
+                c.priority,
+                c.dry_run,
+                c.dag_run_id,
+            ),
         )
         created = cur.fetchone() is not None
     conn.commit()
@@ -101,7 +112,7 @@ def plan_campaign(
     fingerprints: dict[str, str],
     specs: list[OutputSpec],
     model_version: str,
-    live_outputs: "LiveOutputs",
+    live_outputs: LiveOutputs,
     requested_shard_size: int = 0,
 ) -> None:
     """Writes the SKUs and renders of a registered campaign in one transaction, marks renders whose
@@ -118,14 +129,30 @@ def plan_campaign(
         sku_rows, render_rows = [], []
         for row in rows:
             fp = fingerprints[row.image_uri]
-            sku_rows.append((campaign_id, row.sku, row.number, row.title, row.category, row.image_uri, fp,
-                             json.dumps(row.attributes)))
+            sku_rows.append(
+                (
+                    campaign_id,
+                    row.sku,
+                    row.number,
+                    row.title,
+                    row.category,
+                    row.image_uri,
+                    fp,
+                    json.dumps(row.attributes),
+                )
+            )
             for spec in specs:
                 render_rows.append((campaign_id, row.sku, spec.name, render_key(fp, spec, model_version)))
-        execute_values(cur, "INSERT INTO skus (campaign_id, sku, row_no, title, category, image_uri, fingerprint, "
-                            "attributes) VALUES %s", sku_rows, page_size=2000)
-        execute_values(cur, "INSERT INTO renders (campaign_id, sku, spec, render_key) VALUES %s",
-                       render_rows, page_size=2000)
+        execute_values(
+            cur,
+            "INSERT INTO skus (campaign_id, sku, row_no, title, category, image_uri, fingerprint, "
+            "attributes) VALUES %s",
+            sku_rows,
+            page_size=2000,
+        )
+        execute_values(
+            cur, "INSERT INTO renders (campaign_id, sku, spec, render_key) VALUES %s", render_rows, page_size=2000
+        )
         # Dedup 1: an output for this render key exists (any campaign) and its object is still in S3.
         keys = sorted({r[3] for r in render_rows})
         cur.execute("SELECT render_key, bucket, key FROM outputs WHERE render_key = ANY(%s)", (keys,))
@@ -270,8 +297,19 @@ def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Out
             """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
                                     qa_reason, campaign_id)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
-            (c.render_key, out.bucket, out.key, out.sha256, out.bytes, out.width, out.height, out.format,
-             out.qa_passed, out.qa_reason, campaign_id),
+            (
+                c.render_key,
+                out.bucket,
+                out.key,
+                out.sha256,
+                out.bytes,
+                out.width,
+                out.height,
+                out.format,
+                out.qa_passed,
+                out.qa_reason,
+                campaign_id,
+            ),
         )
         cur.execute(
             """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, finished_at = now(),
@@ -310,8 +348,21 @@ def release(conn: Any, campaign_id: str, owner: str) -> int:
     return n
 
 
-RESULT_COLUMNS = ("sku", "spec", "state", "render_key", "error", "attempts", "render_ms", "output_bucket",
-                  "output_key", "output_sha256", "qa_passed", "qa_reason", "reused")
+RESULT_COLUMNS = (
+    "sku",
+    "spec",
+    "state",
+    "render_key",
+    "error",
+    "attempts",
+    "render_ms",
+    "output_bucket",
+    "output_key",
+    "output_sha256",
+    "qa_passed",
+    "qa_reason",
+    "reused",
+)
 
 
 def results(conn: Any, campaign_id: str) -> Iterator[dict[str, Any]]:
@@ -341,8 +392,15 @@ def state_counts(conn: Any, campaign_id: str) -> dict[str, int]:
     return counts
 
 
-def finish_campaign(conn: Any, campaign_id: str, state: str, counts: dict[str, Any], qa: dict[str, Any],
-                    report_uri: str | None, contact_sheet_uri: str | None) -> None:
+def finish_campaign(
+    conn: Any,
+    campaign_id: str,
+    state: str,
+    counts: dict[str, Any],
+    qa: dict[str, Any],
+    report_uri: str | None,
+    contact_sheet_uri: str | None,
+) -> None:
     with conn.cursor() as cur:
         cur.execute(
             """UPDATE campaigns SET state = %s, counts = %s, qa = %s, report_uri = %s, contact_sheet_uri = %s,

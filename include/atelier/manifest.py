@@ -305,4 +305,3 @@ def validate(raw: IO[bytes], fmt: str, allowed_hosts: tuple[str, ...]) -> Report
     for _ in iter_rows(raw, fmt, allowed_hosts, report):
         pass
     return report
-

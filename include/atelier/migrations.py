@@ -13,8 +13,10 @@ LOCK_ID = 0x41_74_65_6C  # any constant: serialises concurrent migrators
 
 def pending(conn: Any, sql_dir: Path = SQL_DIR) -> list[Path]:
     with conn.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, "
-                    "applied_at timestamptz NOT NULL DEFAULT now())")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         cur.execute("SELECT version FROM schema_migrations")
         done = {r[0] for r in cur.fetchall()}
     conn.commit()

@@ -11,18 +11,19 @@ import math
 SMALL_DROP = 32  # up to this many SKUs to render: one SKU per mapped task
 MIN_SHARD = 20  # otherwise at least this many SKUs per shard ...
 MAX_SHARDS = 256  # ... and never more than this many mapped task instances per run
+MAP_LIMIT = 1024  # Airflow's [core] max_map_length: the ceiling for an explicitly requested shard size
 
 
 def shard_size(skus_to_render: int, requested: int = 0) -> int:
-    """SKUs per shard. ``requested`` > 0 is honoured unless it would exceed MAX_SHARDS shards."""
+    """SKUs per shard. Automatic sizing keeps a run at MAX_SHARDS mapped tasks or fewer; an explicit
+    ``requested`` > 0 is honoured up to Airflow's own map limit."""
     if skus_to_render <= 0:
         return 1
-    floor = math.ceil(skus_to_render / MAX_SHARDS)
     if requested > 0:
-        return max(requested, floor)
+        return max(requested, math.ceil(skus_to_render / MAP_LIMIT))
     if skus_to_render <= SMALL_DROP:
         return 1
-    return max(MIN_SHARD, floor)
+    return max(MIN_SHARD, math.ceil(skus_to_render / MAX_SHARDS))
 
 
 def shard_count(skus_to_render: int, size: int) -> int:

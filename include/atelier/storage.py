@@ -6,8 +6,8 @@ conditional put (``If-None-Match: *``), so a retried or duplicated task can neve
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -43,8 +43,12 @@ def s3_client(cfg: Settings | None = None) -> Any:
         "s3",
         endpoint_url=cfg.s3_endpoint or None,
         region_name=cfg.s3_region,
-        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 5, "mode": "standard"},
-                      max_pool_connections=FETCH_THREADS * 2),
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"max_attempts": 5, "mode": "standard"},
+            max_pool_connections=FETCH_THREADS * 2,
+        ),
         **cfg.aws_env(),
     )
 
@@ -136,8 +140,14 @@ class Storage:
         sha_b64 = base64.b64encode(digest).decode()
         try:
             self.client.put_object(
-                Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=metadata,
-                IfNoneMatch="*", ChecksumAlgorithm="SHA256", ChecksumSHA256=sha_b64,
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata,
+                IfNoneMatch="*",
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=sha_b64,
             )
             return PutResult(True, digest.hex())
         except Exception as exc:
@@ -190,16 +200,18 @@ def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
 
     host = urlsplit(uri).hostname or ""
     _check_public_host(host)
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False) as client:
-        with client.stream("GET", uri) as resp:
-            if resp.status_code != 200:
-                raise StorageError(f"GET {uri} answered {resp.status_code}")
-            chunks, size = [], 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise StorageError(f"{uri} is larger than {max_bytes} bytes")
-                chunks.append(chunk)
+    with (
+        httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False) as client,
+        client.stream("GET", uri) as resp,
+    ):
+        if resp.status_code != 200:
+            raise StorageError(f"GET {uri} answered {resp.status_code}")
+        chunks, size = [], 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise StorageError(f"{uri} is larger than {max_bytes} bytes")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

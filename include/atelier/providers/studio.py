@@ -33,7 +33,9 @@ def cut_out(img: Image.Image) -> Image.Image:
     arr = np.asarray(img, dtype=np.int16)
     h, w, _ = arr.shape
     b = max(2, min(h, w) // 50)
-    border = np.concatenate([arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)])
+    border = np.concatenate(
+        [arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3), arr[:, :b].reshape(-1, 3), arr[:, -b:].reshape(-1, 3)]
+    )
     background = np.median(border, axis=0)
     distance = np.abs(arr - background).max(axis=2)
     mask = Image.fromarray(((distance > MASK_THRESHOLD) * 255).astype(np.uint8), "L")
@@ -71,7 +73,8 @@ def compose(product: Image.Image, spec: OutputSpec, brand: Brand) -> Image.Image
     shadow = Image.new("L", canvas.size, 0)
     ew, eh = round(pw * 0.9), max(4, round(spec.height * 0.035))
     ImageDraw.Draw(shadow).ellipse(
-        [x + (pw - ew) // 2, floor - eh // 2, x + (pw + ew) // 2, floor + eh // 2], fill=round(255 * brand.shadow_strength)
+        [x + (pw - ew) // 2, floor - eh // 2, x + (pw + ew) // 2, floor + eh // 2],
+        fill=round(255 * brand.shadow_strength),
     )
     shadow = shadow.filter(ImageFilter.GaussianBlur(max(2, spec.height // 90)))
     canvas.paste((30, 26, 22), (0, 0), shadow)

@@ -1,0 +1,362 @@
+"""The steps of one catalog drop, as plain functions the DAG wraps as tasks:
+validate → register → plan → render shards → quality check → finalize.
+
+Each step takes its I/O (a ledger connection, S3 storage) explicitly, so tests run it against the
+real Postgres and S3 endpoint without Airflow; the DAG builds them from Airflow connections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from atelier import catalog, ledger, metrics
+from atelier.catalog import ConfigError, OutputSpec
+from atelier.images import BadImage, check_output
+from atelier.manifest import ManifestError, Report, detect_format, iter_rows
+from atelier.providers import PROVIDERS, get_provider
+from atelier.settings import settings
+from atelier.storage import Storage, StorageError, render_object_key, split_s3
+
+log = logging.getLogger("atelier")
+PRIORITIES = ("low", "normal", "high")
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+@dataclass
+class Resources:
+    conn: Any  # DB-API connection to the ledger
+    storage: Storage
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def resources_from_airflow(ledger_conn_id: str = "atelier_ledger", aws_conn_id: str = "atelier_s3") -> Resources:
+    """Inside a task: the ledger and S3 through the Airflow connections (never the metadata DB)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return Resources(
+        PostgresHook(postgres_conn_id=ledger_conn_id).get_conn(), Storage(S3Hook(aws_conn_id=aws_conn_id).get_conn())
+    )
+
+
+@dataclass(frozen=True)
+class DropRequest:
+    brand: str
+    manifest_uri: str
+    specs: list[OutputSpec]
+    provider: str
+    drop_id: str | None
+    shard_size: int
+    priority: str
+    dry_run: bool
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> DropRequest:
+        """Checks a trigger's conf/params, naming the field and value that is wrong."""
+
+        def typed(name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+            value = p.get(name, default)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(
+                    f"{name}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}"
+                )
+            return value
+
+        brand = catalog.brand(typed("brand", str)).slug
+        uri = typed("manifest_uri", str)
+        try:
+            split_s3(uri)
+            detect_format(uri)
+        except ValueError as exc:
+            raise ConfigError(f"manifest_uri: {exc}") from exc
+        specs = catalog.resolve_specs(typed("output_specs", list))
+        provider = typed("provider", str, "studio")
+        if provider not in PROVIDERS:
+            raise ConfigError(f"provider: unknown provider {provider!r}; known: {list(PROVIDERS)}")
+        drop_id = p.get("drop_id") or None
+        if drop_id is not None:
+            catalog.check_drop_id(drop_id)
+        shard_size = typed("shard_size", int, 0)
+        if not 0 <= shard_size <= 10_000:
+            raise ConfigError(f"shard_size: {shard_size} is outside 0 (auto) .. 10000")
+        priority = typed("priority", str, "normal")
+        if priority not in PRIORITIES:
+            raise ConfigError(f"priority: {priority!r} is not one of {list(PRIORITIES)}")
+        return cls(brand, uri, specs, provider, drop_id, shard_size, priority, typed("dry_run", bool, False))
+
+
+# -- validate ----------------------------------------------------------------------------------
+def validate_drop(res: Resources, req: DropRequest) -> dict[str, Any]:
+    """Reads the manifest once; raises ManifestError listing every bad row and field."""
+    brand = catalog.brand(req.brand)
+    report = Report()
+    with res.storage.open(req.manifest_uri) as body:
+        for _ in iter_rows(body, detect_format(req.manifest_uri), brand.allowed_image_hosts, report):
+            pass
+    if not report.ok:
+        raise ManifestError(report)
+    drop_id = req.drop_id or catalog.default_drop_id(report.sha256)
+    cid = catalog.campaign_id(req.brand, drop_id, report.sha256, req.specs, req.provider)
+    log.info("manifest %s valid: %d rows, sha256 %s → campaign %s", req.manifest_uri, report.rows, report.sha256, cid)
+    return {"campaign_id": cid, "drop_id": drop_id, "manifest_sha256": report.sha256, "rows": report.rows}
+
+
+# -- register ----------------------------------------------------------------------------------
+def register(res: Resources, req: DropRequest, validated: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    row, created = ledger.register_campaign(
+        res.conn,
+        ledger.NewCampaign(
+            campaign_id=validated["campaign_id"],
+            brand=req.brand,
+            drop_id=validated["drop_id"],
+            manifest_uri=req.manifest_uri,
+            manifest_sha256=validated["manifest_sha256"],
+            specs=req.specs,
+            provider=req.provider,
+            model_version=get_provider(req.provider).model_version,
+            priority=req.priority,
+            dry_run=req.dry_run,
+            dag_run_id=run_id,
+        ),
+    )
+    log.info(
+        "campaign %s %s (state %s)", row["campaign_id"], "registered" if created else "already exists", row["state"]
+    )
+    return {"campaign_id": row["campaign_id"], "created": created, "state": row["state"]}
+
+
+# -- plan --------------------------------------------------------------------------------------
+def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> list[dict[str, Any]]:
+    """Writes SKUs and renders (dedup against what already exists), then returns the shards that
+    have work, as small dicts for XCom (ids and labels, never SKU lists)."""
+    camp = ledger.campaign(res.conn, campaign_id)
+    if camp["state"] == "registered":
+        brand = catalog.brand(camp["brand"])
+        report = Report()
+        with res.storage.open(camp["manifest_uri"]) as body:
+            rows = list(iter_rows(body, detect_format(camp["manifest_uri"]), brand.allowed_image_hosts, report))
+        if not report.ok:
+            raise ManifestError(report)
+        if report.sha256 != camp["manifest_sha256"]:
+            raise ConfigError(
+                f"manifest {camp['manifest_uri']} changed since validation "
+                f"({camp['manifest_sha256'][:12]} → {report.sha256[:12]}); trigger the drop again"
+            )
+        fingerprints = res.storage.fingerprints(r.image_uri for r in rows)
+        specs = [OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]]
+        ledger.plan_campaign(
+            res.conn,
+            campaign_id,
+            rows,
+            fingerprints,
+            specs,
+            camp["model_version"],
+            ledger.LiveOutputs(res.storage),
+            requested_shard_size,
+        )
+        camp = ledger.campaign(res.conn, campaign_id)
+    counts = ledger.state_counts(res.conn, campaign_id)
+    log.info(
+        "campaign %s planned: %s SKUs, %s renders, shard size %s; states %s",
+        campaign_id,
+        camp["sku_count"],
+        camp["render_count"],
+        camp["shard_size"],
+        counts,
+    )
+    if camp["dry_run"]:
+        return []
+    return [
+        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus}
+        for s in ledger.open_shards(res.conn, campaign_id)
+    ]
+
+
+# -- render ------------------------------------------------------------------------------------
+def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> dict[str, int]:
+    """Claims the shard's renders, renders each SKU once for all its specs, writes each output to S3
+    exactly once and records the outcome. A bad input fails only its own renders, with the reason;
+    an infrastructure error releases the claims and raises so the task is retried."""
+    camp = ledger.campaign(res.conn, campaign_id)
+    brand = catalog.brand(camp["brand"])
+    provider = get_provider(camp["provider"])
+    specs = {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]}
+    bucket = settings().renders_bucket
+    claimed = ledger.claim(res.conn, campaign_id, shard, owner)
+    by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
+    for c in claimed:
+        by_sku[c.sku].append(c)
+    tally = {"claimed": len(claimed), "succeeded": 0, "failed": 0, "written": 0, "already_written": 0}
+
+    def fail(c: ledger.Claimed, reason: str) -> None:
+        ledger.record_failure(res.conn, campaign_id, c, owner, reason)
+        metrics.render_outcome(provider.name, "failed")
+        tally["failed"] += 1
+        log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, reason)
+
+    try:
+        for sku, items in by_sku.items():
+            started = time.perf_counter()
+            try:
+                source = res.storage.read(items[0].image_uri)
+                outputs = provider.render(source, [specs[c.spec] for c in items], brand)
+            except (FileNotFoundError, StorageError, BadImage) as exc:
+                for c in items:
+                    fail(c, f"input {items[0].image_uri}: {exc}")
+                continue
+            render_ms = round((time.perf_counter() - started) * 1000 / len(items))
+            for c in items:
+                spec = specs[c.spec]
+                data = outputs[c.spec]
+                check = check_output(data, spec.width, spec.height, spec.format)
+                if not check.passed:
+                    fail(c, f"quality check: {check.reason}")
+                    continue
+                key = render_object_key(c.render_key, spec.extension)
+                put = res.storage.put_once(
+                    bucket,
+                    key,
+                    data,
+                    CONTENT_TYPES[spec.format],
+                    {
+                        "render-key": c.render_key,
+                        "campaign": campaign_id,
+                        "sku": sku,
+                        "spec": spec.name,
+                        "model-version": provider.model_version,
+                    },
+                )
+                tally["written" if put.created else "already_written"] += 1
+                ledger.record_success(
+                    res.conn,
+                    campaign_id,
+                    c,
+                    owner,
+                    ledger.Output(bucket, key, put.sha256, len(data), spec.width, spec.height, spec.format, True, None),
+                    render_ms,
+                )
+                metrics.render_outcome(provider.name, "succeeded", render_ms)
+                tally["succeeded"] += 1
+            ledger.extend_lease(res.conn, campaign_id, owner)
+    except Exception:
+        released = _release_quietly(res, campaign_id, owner)
+        log.exception(
+            "shard %s of %s hit an infrastructure error; released %s claims for the retry", shard, campaign_id, released
+        )
+        raise
+    log.info("shard %s of %s done: %s", shard, campaign_id, json.dumps(tally))
+    return tally
+
+
+def _release_quietly(res: Resources, campaign_id: str, owner: str) -> int:
+    try:
+        res.conn.rollback()
+        return ledger.release(res.conn, campaign_id, owner)
+    except Exception:  # the ledger itself is down: the leases expire and the retry reclaims them
+        log.exception("could not release claims of %s", owner)
+        return 0
+
+
+# -- quality check -----------------------------------------------------------------------------
+def quality_check(res: Resources, campaign_id: str) -> dict[str, Any]:
+    from atelier import quality
+
+    camp = ledger.campaign(res.conn, campaign_id)
+    if camp["dry_run"]:
+        return {"success": True, "success_ratio": 0.0, "missing_objects": 0, "dry_run": True, "expectations": []}
+    rows = list(ledger.results(res.conn, campaign_id))
+    objects: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r["output_key"]:
+            objects[r["output_bucket"]].add(r["output_key"])
+    present = {(b, k): ok for b, keys in objects.items() for k, ok in res.storage.exists_many(b, keys).items()}
+    result = quality.evaluate(rows, camp["render_count"] or 0, catalog.brand(camp["brand"]).success_threshold, present)
+    log.info(
+        "quality check of %s: success=%s ratio=%.4f missing_objects=%s",
+        campaign_id,
+        result.success,
+        result.success_ratio,
+        result.missing_objects,
+    )
+    return result.as_dict()
+
+
+# -- finalize ----------------------------------------------------------------------------------
+def summarize(camp: dict[str, Any], rows: list[dict[str, Any]], qa: dict[str, Any]) -> dict[str, Any]:
+    rendered = sum(1 for r in rows if r["state"] == "succeeded")
+    reused = sum(1 for r in rows if r["state"] == "skipped" and r["output_key"])
+    failed = len(rows) - rendered - reused
+    threshold = catalog.brand(camp["brand"]).success_threshold
+    if camp["dry_run"]:
+        state = "planned"
+    elif failed == 0 and qa.get("success") and not qa.get("missing_objects"):
+        state = "complete"
+    elif qa.get("success_ratio", 0.0) >= threshold and not qa.get("missing_objects"):
+        state = "partial"
+    else:
+        state = "failed"
+    return {
+        "campaign_id": camp["campaign_id"],
+        "state": state,
+        "skus": camp["sku_count"] or 0,
+        "expected_renders": camp["render_count"] or 0,
+        "counts": {"succeeded": rendered, "reused": reused, "failed": failed},
+        "threshold": threshold,
+        "qa": qa,
+    }
+
+
+def finalize(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+    """Decides complete / partial / failed from exact counts and the QA result, writes the report
+    and contact sheet to S3 and records the outcome in the ledger."""
+    from atelier.report import contact_sheet
+
+    camp = ledger.campaign(res.conn, campaign_id)
+    rows = list(ledger.results(res.conn, campaign_id))
+    qa = qa or {"success": False, "success_ratio": 0.0, "missing_objects": None, "note": "quality check did not run"}
+    summary = summarize(camp, rows, qa)
+    bucket, prefix = settings().reports_bucket, f"campaigns/{campaign_id}"
+    report = {
+        **summary,
+        "brand": camp["brand"],
+        "drop_id": camp["drop_id"],
+        "manifest_uri": camp["manifest_uri"],
+        "manifest_sha256": camp["manifest_sha256"],
+        "provider": camp["provider"],
+        "model_version": camp["model_version"],
+        "specs": camp["specs"],
+        "dag_run_id": camp["dag_run_id"],
+        "renders": [
+            {
+                "sku": r["sku"],
+                "spec": r["spec"],
+                "state": "reused" if r["reused"] and r["output_key"] else r["state"],
+                "uri": f"s3://{r['output_bucket']}/{r['output_key']}" if r["output_key"] else None,
+                "sha256": r["output_sha256"],
+                "attempts": r["attempts"],
+                "render_ms": r["render_ms"],
+                "error": r["error"],
+            }
+            for r in rows
+        ],
+    }
+    report_uri = res.storage.put(
+        bucket, f"{prefix}/report.json", json.dumps(report, indent=1, default=str).encode(), "application/json"
+    )
+
+    def read(b: str, k: str) -> bytes:
+        return res.storage.client.get_object(Bucket=b, Key=k)["Body"].read()
+
+    sheet = contact_sheet(camp, summary, rows, read)
+    sheet_uri = res.storage.put(bucket, f"{prefix}/contact_sheet.html", sheet.encode(), "text/html; charset=utf-8")
+    ledger.finish_campaign(res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri)
+    metrics.campaign_finished(summary["state"], summary["counts"])
+    log.info("campaign %s %s: %s; report %s", campaign_id, summary["state"], summary["counts"], report_uri)
+    return {**summary, "report_uri": report_uri, "contact_sheet_uri": sheet_uri}
