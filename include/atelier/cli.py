@@ -164,7 +164,7 @@ def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, time
 
     conn = _ledger()
     deadline = time.monotonic() + timeout
-    state = "queued"
+    state, last, tty = "queued", "", sys.stderr.isatty()
     try:
         while time.monotonic() < deadline:
             run_state = af.run(run_id).state
@@ -173,20 +173,22 @@ def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, time
                 try:
                     camp = ledger.campaign(conn, campaign_id)
                     total = camp["render_count"] or 0
-                    line = (
-                        progress_line(ledger.state_counts(conn, campaign_id), total)
-                        if total
-                        else "  validating and planning…"
-                    )
+                    counts = ledger.state_counts(conn, campaign_id)
+                    line = progress_line(counts, total) if total else "  validating and planning…"
                 except KeyError:
                     line = "  waiting for the run to start…"
-                print(f"\r{line}  run: {state}   ", end="", file=sys.stderr, flush=True)
+                line = f"{line}  run: {state}"
+                if tty:
+                    print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
+                elif line != last:
+                    print(line, file=sys.stderr, flush=True)
+                last = line
             if state in ("success", "failed"):
                 break
             time.sleep(2)
     finally:
         conn.close()
-        if show:
+        if show and tty:
             print(file=sys.stderr)
     return state
 
