@@ -70,6 +70,8 @@ CONF
   local psql=("$PGBIN/psql" -h 127.0.0.1 -p "$ATELIER_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
   wait_for postgres 30 "${psql[@]}" -c "select 1"
   "${psql[@]}" -c "do \$\$ begin if not exists (select from pg_roles where rolname='atelier') then create role atelier login password 'atelier'; end if; end \$\$;"
+  # CREATEDB: the test suite makes a throwaway ledger database per session.
+  "${psql[@]}" -c "alter role atelier createdb"
   for db in airflow atelier; do
     if [ -z "$("${psql[@]}" -c "select 1 from pg_database where datname='$db'")" ]; then
       "${psql[@]}" -c "create database $db owner atelier"

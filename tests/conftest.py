@@ -1,0 +1,65 @@
+"""Shared fixtures. Integration tests use the real local stack started by `make test` (make up):
+Postgres (a throwaway database per session), moto's S3 server over HTTP, and Airflow for e2e."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atelier import ledger
+from atelier.migrations import migrate
+from atelier.settings import settings
+from atelier.storage import Storage, s3_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ledger_dsn() -> Iterator[str]:
+    """A fresh, migrated ledger database for this test session, dropped afterwards."""
+    import psycopg
+
+    base = settings().ledger_dsn
+    name = f"atelier_test_{os.getpid()}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    dsn = base.rsplit("/", 1)[0] + f"/{name}"
+    conn = ledger.connect(dsn)
+    migrate(conn)
+    conn.close()
+    yield dsn
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def conn(ledger_dsn: str) -> Iterator[Any]:
+    c = ledger.connect(ledger_dsn)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def storage() -> Storage:
+    s = Storage(s3_client())
+    cfg = settings()
+    s.ensure_buckets([cfg.inbox_bucket, cfg.renders_bucket, cfg.reports_bucket])
+    return s
+
+
+@pytest.fixture
+def bucket(storage: Storage) -> str:
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    storage.client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
