@@ -35,7 +35,7 @@ demo: up
 # The whole suite: unit tests, integration tests on real Postgres/Redis/S3, end-to-end on real Airflow.
 test: up
 	$(VENV)/bin/ruff check dags include plugins tests
-	$(VENV)/bin/pytest -q tests
+	scripts/stack.sh exec $(VENV)/bin/pytest -q tests
 
 lint: venv
 	$(VENV)/bin/ruff check dags include plugins tests

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local, Docker-free Atelier stack: Postgres, Redis, moto's S3 server and Airflow 3 (LocalExecutor).
-# Usage: scripts/stack.sh up|down|status|env. Idempotent; all state lives in .state/ (git-ignored);
+# Usage: scripts/stack.sh up|down|status|env|exec CMD... (exec: run CMD with the stack's environment). Idempotent; all state lives in .state/ (git-ignored);
 # `down` stops only the processes whose pid files `up` wrote.
 set -euo pipefail
 ATELIER_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -175,6 +175,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  exec) shift; [ -f "$STATE/secrets.env" ] && { set -a; source "$STATE/secrets.env"; set +a; }; exec "$@" ;;
   env) env | grep -E '^(ATELIER_|AIRFLOW|AWS_|PYTHONPATH)' | sort ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|exec CMD..." >&2; exit 2 ;;
 esac

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from atelier import ledger
 from atelier.migrations import migrate
 from atelier.settings import settings

@@ -5,9 +5,8 @@ import struct
 import zlib
 
 import pytest
-from PIL import Image
-
 from atelier.images import BadImage, check_output, decode_input
+from PIL import Image
 
 
 def encoded(img: Image.Image, fmt: str) -> bytes:
@@ -18,11 +17,14 @@ def encoded(img: Image.Image, fmt: str) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG claiming huge dimensions with almost no data: the shape of a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def photo() -> Image.Image:

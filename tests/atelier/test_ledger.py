@@ -20,8 +20,10 @@ def rows(n: int, prefix: str = "S") -> list[Row]:
 
 def new_campaign(conn: Any, storage: Storage, uid: str, items: list[Row], fps: dict[str, str], size: int = 0) -> str:
     cid = f"brand.{uid}.{len(items)}"
-    ledger.register_campaign(conn, ledger.NewCampaign(cid, "brand", uid, "s3://in/m.csv", "0" * 64, SPECS, "studio",
-                                                      MODEL, "normal", False, None))
+    ledger.register_campaign(
+        conn,
+        ledger.NewCampaign(cid, "brand", uid, "s3://in/m.csv", "0" * 64, SPECS, "studio", MODEL, "normal", False, None),
+    )
     ledger.plan_campaign(conn, cid, items, fps, SPECS, MODEL, ledger.LiveOutputs(storage), size)
     return cid
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
 from atelier.storage import Storage, StorageError, render_object_key
 
 

@@ -3,12 +3,11 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image
-
 from atelier import catalog
 from atelier.images import BadImage, check_output
 from atelier.providers.studio import StudioRenderer
 from atelier.samples import packshot
+from PIL import Image
 
 BRAND = catalog.brand("maison-demo")
 SPECS = list(catalog.all_specs().values())

@@ -1,0 +1,68 @@
+"""End to end on the running local stack: REST API → Airflow (LocalExecutor) → Postgres ledger → S3."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from atelier import ledger
+from atelier.airflow_api import Airflow
+from atelier.cli import make_samples, prepare_trigger, wait_for_run
+from atelier.settings import settings
+from atelier.storage import Storage, split_s3
+
+pytestmark = pytest.mark.e2e
+SKUS = 50
+SPECS = ["thumb_320", "bench_small_128"]
+
+
+def test_a_50_sku_drop_triggered_twice_is_one_run_and_one_campaign(tmp_path: Path, storage: Storage):
+    cfg = settings()
+    seed = int(time.time()) % 100_000  # fresh images: this run really renders
+    base = f"s3://{cfg.inbox_bucket}/e2e/{seed}"
+    manifest_uri = make_samples(SKUS, tmp_path, seed, base, upload=True, quiet=True)
+    drop_id = f"e2e-{seed}"
+
+    cid, run_id, conf = prepare_trigger("atelier-test", manifest_uri, SPECS, "studio", drop_id)
+    af = Airflow.connect()
+    af.wait_for_dag()
+    first, created = af.trigger(run_id, conf)
+    second, created_again = af.trigger(run_id, conf)  # the product retries its call
+    assert created and not created_again
+    assert first.dag_run_id == second.dag_run_id == run_id
+
+    assert wait_for_run(af, run_id, cid, show=False, timeout=900) == "success"
+
+    conn = ledger.connect(cfg.ledger_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM campaigns WHERE brand = 'atelier-test' AND drop_id = %s", (drop_id,))
+            assert cur.fetchone()[0] == 1
+        camp = ledger.campaign(conn, cid)
+        assert camp["state"] == "complete"
+        assert (camp["sku_count"], camp["render_count"]) == (SKUS, SKUS * len(SPECS))
+        assert camp["dag_run_id"] == run_id
+        assert ledger.state_counts(conn, cid)["succeeded"] == SKUS * len(SPECS)
+        rows = list(ledger.results(conn, cid))
+    finally:
+        conn.close()
+
+    keys = {(r["output_bucket"], r["output_key"]) for r in rows}
+    assert len(keys) == SKUS * len(SPECS)  # one object per SKU x spec
+    listed = {
+        o["Key"]
+        for page in storage.client.get_paginator("list_objects_v2").paginate(Bucket=cfg.renders_bucket)
+        for o in page.get("Contents", [])
+    }
+    assert {k for _, k in keys} <= listed
+
+    bucket, key = split_s3(camp["report_uri"])
+    report = json.loads(storage.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert report["state"] == "complete" and report["counts"] == {"succeeded": 100, "reused": 0, "failed": 0}
+    assert {(r["sku"], r["spec"]) for r in report["renders"]} == {(r["sku"], r["spec"]) for r in rows}
+
+    mapped = af.mapped_instances(run_id)
+    assert len(mapped) == camp["shard_count"] == 3  # 50 SKUs → 3 shards, not 50 tasks
+    assert all(" … " in (ti.rendered_map_index or "") for ti in mapped)
