@@ -400,10 +400,42 @@ def bench_run(af: Any, skus: int, seed: int, spec: str, shard_size: int, label: 
     }
 
 
+def _validate_in_child(path: str) -> tuple[float, float, int]:
+    import resource
+
+    from atelier.manifest import validate
+
+    started = time.perf_counter()
+    with open(path, "rb") as fh:
+        report = validate(fh, "csv", ())
+    seconds = time.perf_counter() - started
+    assert report.ok, report.problems[:3]
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, report.rows
+
+
+def bench_manifest(rows: int) -> dict[str, Any]:
+    """Validation time and the validating process's peak RSS for a manifest of ``rows`` rows."""
+    import multiprocessing as mp
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.csv"
+        with path.open("w") as fh:
+            fh.write("sku,title,category,image_uri,colour,season\n")
+            for i in range(rows):
+                fh.write(f"B-{i:07d},Wool coat {i},coat,s3://atelier-inbox/bench/B-{i:07d}.jpg,camel,AW26\n")
+        with mp.get_context("spawn").Pool(1) as pool:
+            seconds, rss_mb, n = pool.apply(_validate_in_child, (str(path),))
+    return {"rows": n, "seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb, 1)}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from atelier.airflow_api import Airflow
     from atelier.planning import MAP_LIMIT
 
+    for rows in (10_000, 100_000):
+        m = bench_manifest(rows)
+        print(f"manifest validation: {m['rows']} rows in {m['seconds']} s, peak RSS {m['peak_rss_mb']} MB")
     af = Airflow.connect()
     af.wait_for_dag()
     # Fresh seeds each run so nothing is deduplicated against an earlier bench.

@@ -150,6 +150,9 @@ def plan_campaign(
         with cur.copy("COPY renders (campaign_id, sku, spec, render_key) FROM STDIN") as copy:
             for r in render_rows:
                 copy.write_row(r)
+        # Fresh statistics for the rows just copied, or the planner picks nested loops over them.
+        cur.execute("ANALYZE skus")
+        cur.execute("ANALYZE renders")
         # Dedup 1: an output for this render key exists (any campaign) and its object is still in S3.
         keys = sorted({r[3] for r in render_rows})
         cur.execute("SELECT render_key, bucket, key FROM outputs WHERE render_key = ANY(%s)", (keys,))
@@ -165,12 +168,12 @@ def plan_campaign(
         cur.execute(
             """WITH ranked AS (
                  SELECT r.sku, r.spec, row_number() OVER (PARTITION BY r.render_key ORDER BY s.row_no) AS n
-                 FROM renders r JOIN skus s USING (campaign_id, sku)
+                 FROM renders r JOIN skus s ON s.campaign_id = %s AND s.sku = r.sku
                  WHERE r.campaign_id = %s AND r.state = 'pending')
                UPDATE renders r SET state = 'skipped', finished_at = now(), updated_at = now()
                FROM ranked WHERE r.campaign_id = %s AND r.sku = ranked.sku AND r.spec = ranked.spec
                  AND ranked.n > 1""",
-            (campaign_id, campaign_id),
+            (campaign_id, campaign_id, campaign_id),
         )
         cur.execute(
             "SELECT count(DISTINCT sku) FROM renders WHERE campaign_id = %s AND state = 'pending'", (campaign_id,)
@@ -180,16 +183,15 @@ def plan_campaign(
         cur.execute(
             """WITH todo AS (
                  SELECT s.sku, (row_number() OVER (ORDER BY s.row_no) - 1) / %s AS shard FROM skus s
-                 WHERE s.campaign_id = %s AND EXISTS (
-                   SELECT 1 FROM renders r WHERE r.campaign_id = s.campaign_id AND r.sku = s.sku
-                     AND r.state = 'pending'))
+                 WHERE s.campaign_id = %s AND s.sku IN (
+                   SELECT DISTINCT sku FROM renders WHERE campaign_id = %s AND state = 'pending'))
                UPDATE skus s SET shard = todo.shard FROM todo WHERE s.campaign_id = %s AND s.sku = todo.sku""",
-            (size, campaign_id, campaign_id),
+            (size, campaign_id, campaign_id, campaign_id),
         )
         cur.execute(
             """UPDATE renders r SET shard = s.shard FROM skus s
-               WHERE r.campaign_id = %s AND s.campaign_id = r.campaign_id AND s.sku = r.sku AND r.state = 'pending'""",
-            (campaign_id,),
+               WHERE r.campaign_id = %s AND s.campaign_id = %s AND s.sku = r.sku AND r.state = 'pending'""",
+            (campaign_id, campaign_id),
         )
         cur.execute(
             """UPDATE campaigns SET state = 'planned', sku_count = %s, render_count = %s, shard_size = %s,

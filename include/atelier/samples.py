@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -104,7 +106,7 @@ def packshot(index: int, seed: int) -> tuple[str, str, bytes]:
     y0 = oy + scale * rng.uniform(0.45, 0.7)
     draw.line([(ox + scale * 0.3, y0), (ox + scale * 0.7, y0)], fill=stripe, width=max(2, int(scale * 0.012)))
     draw.text((ox + scale * 0.45, oy + scale * 0.55), f"{index % 1000:03d}", fill=stripe)
-    img = img.filter(ImageFilter.GaussianBlur(0.6))
+    img = img.filter(ImageFilter.SMOOTH)  # soft edges like a photo; a 3x3 kernel is 20x cheaper than a blur
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return category, colour, buf.getvalue()
@@ -121,25 +123,27 @@ def make_catalog(
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as fh:
+    with manifest.open("w", newline="") as fh, ProcessPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
         writer = csv.writer(fh)
         writer.writerow(["sku", "title", "category", "image_uri", "colour", "season", "price_eur"])
-        for i in range(skus):
-            sku = f"S{seed:02d}-{i:06d}"
-            category, colour, data = packshot(i, seed)
-            (images / f"{sku}.jpg").write_bytes(data)
+        # Packshots are drawn in parallel (CPU bound); rows are written in SKU order.
+        jobs = pool.map(_write_packshot, ((i, seed, str(images)) for i in range(skus)), chunksize=64)
+        for i, (sku, category, colour) in enumerate(jobs):
             price = 29 + (i * 37 + seed) % 400
-            writer.writerow(
-                [
-                    sku,
-                    f"{TITLES[category]}, {colour}",
-                    category,
-                    f"{image_base.rstrip('/')}/{sku}.jpg",
-                    colour,
-                    "AW26",
-                    price,
-                ]
-            )
+            uri = f"{image_base.rstrip('/')}/{sku}.jpg"
+            writer.writerow([sku, f"{TITLES[category]}, {colour}", category, uri, colour, "AW26", price])
             if progress:
                 progress(i + 1)
     return manifest
+
+
+def sku_id(index: int, seed: int) -> str:
+    return f"S{seed:02d}-{index:06d}"
+
+
+def _write_packshot(job: tuple[int, int, str]) -> tuple[str, str, str]:
+    index, seed, folder = job
+    category, colour, data = packshot(index, seed)
+    sku = sku_id(index, seed)
+    (Path(folder) / f"{sku}.jpg").write_bytes(data)
+    return sku, category, colour
