@@ -16,7 +16,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from atelier.catalog import Brand, OutputSpec
 from atelier.images import BadImage, decode_input
 
-WORK_MAX_SIDE = 1400
+# The cut-out is made at a working resolution chosen from the output spec alone (so a render's bytes
+# depend only on input × spec × model version), never larger than the output needs.
+WORK_TIERS = (384, 768, 1400)
 MASK_THRESHOLD = 26
 
 
@@ -25,11 +27,16 @@ def _hex(color: str) -> tuple[int, int, int]:
     return int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16)
 
 
-def cut_out(img: Image.Image) -> Image.Image:
+def work_side(spec: OutputSpec) -> int:
+    need = 1.25 * max(spec.width, spec.height)
+    return next((t for t in WORK_TIERS if t >= need), WORK_TIERS[-1])
+
+
+def cut_out(img: Image.Image, max_side: int = WORK_TIERS[-1]) -> Image.Image:
     """RGBA crop of the product: pixels that differ from the border's (background) colour."""
-    if max(img.size) > WORK_MAX_SIDE:
+    if max(img.size) > max_side:
         img = img.copy()
-        img.thumbnail((WORK_MAX_SIDE, WORK_MAX_SIDE), Image.Resampling.LANCZOS)
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     arr = np.asarray(img, dtype=np.int16)
     h, w, _ = arr.shape
     b = max(2, min(h, w) // 50)
@@ -97,8 +104,15 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 
 class StudioRenderer:
     name = "studio"
-    model_version = f"studio-renderer/1.0 (pillow {PIL.__version__})"
+    model_version = f"studio-renderer/1.1 (pillow {PIL.__version__})"
 
     def render(self, source: bytes, specs: list[OutputSpec], brand: Brand) -> dict[str, bytes]:
-        product = cut_out(decode_input(source))
-        return {spec.name: encode(compose(product, spec, brand), spec.format) for spec in specs}
+        img = decode_input(source)
+        cutouts: dict[int, Image.Image] = {}  # one cut-out per working resolution, shared by specs
+        out = {}
+        for spec in specs:
+            side = work_side(spec)
+            if side not in cutouts:
+                cutouts[side] = cut_out(img, side)
+            out[spec.name] = encode(compose(cutouts[side], spec, brand), spec.format)
+        return out

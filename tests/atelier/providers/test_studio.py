@@ -61,3 +61,10 @@ def test_samples_are_deterministic_and_sized():
     assert a == b and packshot(6, 1)[2] != a[2]
     w, h = Image.open(io.BytesIO(a[2])).size
     assert 800 <= w <= 1200 and 800 <= h <= 1200
+
+
+def test_a_specs_bytes_do_not_depend_on_the_other_specs_rendered_with_it(source: bytes):
+    specs = catalog.all_specs()
+    alone = StudioRenderer().render(source, [specs["bench_small_128"]], BRAND)
+    together = StudioRenderer().render(source, list(specs.values()), BRAND)
+    assert alone["bench_small_128"] == together["bench_small_128"]
