@@ -19,12 +19,17 @@ local studio renderer (cut-out, brand backdrop, shadow) — not a generative mod
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-SPECS = ["pdp_square_1024", "pdp_portrait_800x1000", "story_720x1280", "thumb_320", "bench_small_128"]
+CONFIG = Path(__file__).resolve().parents[1] / "config"
+SPECS = list(json.loads((CONFIG / "specs.json").read_text()))
+# One render task per provider, each in its provider's pool (pools are fixed when the DAG is parsed).
+PROVIDERS = {name: c for name, c in json.loads((CONFIG / "providers.json").read_text()).items()}
 DEFAULT_ARGS = {
     "retries": 3,
     "retry_delay": timedelta(seconds=10),
@@ -88,9 +93,10 @@ def _request(params: dict[str, Any]) -> Any:
         "provider": Param(
             "studio",
             type="string",
-            enum=["studio"],
+            enum=list(PROVIDERS),
             title="Provider",
-            values_display={"studio": "Studio renderer (local, deterministic)"},
+            description="Primary inference provider; its fallbacks (config/providers.json) take over when it is down.",
+            values_display={name: c["description"] for name, c in PROVIDERS.items()},
         ),
         "shard_size": Param(
             0,
@@ -138,7 +144,12 @@ def catalog_drop() -> None:
         finally:
             res.close()
 
-    @task(pool="provider_studio", map_index_template="{{ shard_label }}", execution_timeout=timedelta(hours=2))
+    @task
+    def shards_for(shards: list[dict[str, Any]], provider: str) -> list[dict[str, Any]]:
+        """The shards this provider's render task maps over (all of them, or none)."""
+        return [s for s in shards if s["provider"] == provider]
+
+    @task(map_index_template="{{ shard_label }}", execution_timeout=timedelta(hours=2))
     def render(shard: dict[str, Any]) -> dict[str, int]:
         from atelier.pipeline import render_shard
 
@@ -176,10 +187,11 @@ def catalog_drop() -> None:
         return {k: v for k, v in summary.items() if k != "qa"}
 
     campaign_id = register(validate())
-    shards = plan(campaign_id)
-    rendered = render.expand(shard=shards)
+    planned = plan(campaign_id)
     qa = quality_check(campaign_id)
-    rendered >> qa
+    for name, cfg in PROVIDERS.items():
+        mine = shards_for.override(task_id=f"shards_{name}")(planned, name)
+        render.override(task_id=f"render_{name}", pool=cfg["pool"]).expand(shard=mine) >> qa
     finalize(campaign_id, qa)
 
 

@@ -100,6 +100,13 @@ start_s3() {
   "$VENV/bin/atelier" storage init
 }
 
+start_refservice() {
+  # The reference inference service (a second, remote provider). Its quota is what
+  # config/providers.json tells clients, with headroom: rps 50 vs 40, 8 jobs in flight vs 6.
+  spawn refservice "$VENV/bin/atelier" refservice serve --port "$ATELIER_REFSERVICE_PORT" --rps 50 --max-in-flight 8
+  wait_for refservice 30 curl -sf "http://127.0.0.1:$ATELIER_REFSERVICE_PORT/healthz"
+}
+
 start_airflow() {
   mkdir -p "$AIRFLOW_HOME"
   # Login for the UI and the REST API (simple auth manager): admin / admin, local only.
@@ -132,8 +139,9 @@ up() {
   start_redis
   "$VENV/bin/atelier" db migrate
   start_s3
+  start_refservice
   start_airflow
-  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT"
+  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT"
 }
 
 stop_pid() {
@@ -151,7 +159,7 @@ stop_pid() {
 }
 
 down() {
-  for name in scheduler triggerer dag-processor api-server s3; do stop_pid "$name"; done
+  for name in scheduler triggerer dag-processor api-server refservice s3; do stop_pid "$name"; done
   if [ -f "$PIDS/redis.pid" ]; then
     redis-cli -p "$ATELIER_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || stop_pid redis
     rm -f "$PIDS/redis.pid"
@@ -165,7 +173,7 @@ down() {
 }
 
 status() {
-  for name in api-server scheduler dag-processor triggerer s3 redis; do
+  for name in api-server scheduler dag-processor triggerer refservice s3 redis; do
     if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name: stopped"; fi
   done
   if [ -f "$PGDATA/postmaster.pid" ]; then echo "postgres: running"; else echo "postgres: stopped"; fi

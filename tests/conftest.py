@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from atelier import ledger
 from atelier.migrations import migrate
 from atelier.settings import settings

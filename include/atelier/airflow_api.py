@@ -83,7 +83,9 @@ class Airflow:
 
         return ac.DagRunApi(self.api).get_dag_run(DAG_ID, run_id)
 
-    def mapped_instances(self, run_id: str, task_id: str = "render") -> list[Any]:
+    def mapped_instances(self, run_id: str, provider: str = "studio") -> list[Any]:
+        """The mapped render task instances of a run (task ``render_<provider>``)."""
+        task_id = f"render_{provider}"
         import airflow_client.client as ac
 
         out, offset = [], 0

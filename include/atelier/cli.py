@@ -457,6 +457,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- reference inference service ---------------------------------------------------------------
+def cmd_refservice_serve(args: argparse.Namespace) -> int:
+    from atelier.refservice.app import Faults, Quota, serve
+
+    faults = Faults(**json.loads(args.faults)) if args.faults else Faults()
+    serve(args.host, args.port, faults, Quota(rps=args.rps, max_in_flight=args.max_in_flight))
+    return EXIT_OK
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atelier", description=__doc__)
@@ -507,6 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--brand", default="maison-demo")
     d.add_argument("--specs", default="pdp_square_1024,thumb_320")
     d.set_defaults(func=cmd_demo)
+
+    rs = sub.add_parser("refservice", help="reference inference service").add_subparsers(dest="sub", required=True)
+    sv = rs.add_parser("serve", help="run the service (make up starts it)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=58090)
+    sv.add_argument("--rps", type=float, default=50.0, help="server-side quota: requests per second")
+    sv.add_argument("--max-in-flight", type=int, default=8, help="server-side quota: concurrent jobs")
+    sv.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.1, "rate_429": 0.05, "hang_rate": 0.02}')
+    sv.set_defaults(func=cmd_refservice_serve)
 
     b = sub.add_parser("bench", help="sharded vs one-task-per-SKU throughput on the local stack")
     b.add_argument("--skus", type=int, default=2000)

@@ -287,6 +287,7 @@ class Output:
     format: str
     qa_passed: bool
     qa_reason: str | None
+    served_by: str | None = None
 
 
 def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Output, render_ms: int) -> bool:
@@ -294,8 +295,8 @@ def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Out
     with conn.cursor() as cur:
         cur.execute(
             """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
-                                    qa_reason, campaign_id)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
+                                    qa_reason, campaign_id, served_by)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
             (
                 c.render_key,
                 out.bucket,
@@ -308,13 +309,14 @@ def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Out
                 out.qa_passed,
                 out.qa_reason,
                 campaign_id,
+                out.served_by,
             ),
         )
         cur.execute(
-            """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, finished_at = now(),
+            """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, served_by = %s, finished_at = now(),
                  updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
                WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
-            (render_ms, campaign_id, c.sku, c.spec, owner),
+            (render_ms, out.served_by, campaign_id, c.sku, c.spec, owner),
         )
         ok = cur.rowcount == 1
     conn.commit()
@@ -328,6 +330,19 @@ def record_failure(conn: Any, campaign_id: str, c: Claimed, owner: str, reason: 
                  lease_owner = NULL, lease_expires_at = NULL
                WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
             (reason[:2000], campaign_id, c.sku, c.spec, owner),
+        )
+        ok = cur.rowcount == 1
+    conn.commit()
+    return ok
+
+
+def release_one(conn: Any, campaign_id: str, c: Claimed, owner: str) -> bool:
+    """Returns one render we hold to pending, keeping its attempts (no provider could take it)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE renders SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+               WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
+            (campaign_id, c.sku, c.spec, owner),
         )
         ok = cur.rowcount == 1
     conn.commit()

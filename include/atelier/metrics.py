@@ -1,7 +1,9 @@
-"""Render counts and latencies to statsd (UDP: never blocks or fails a render)."""
+"""Render counts and latencies, campaign outcomes and breaker transitions to statsd.
+UDP: a missing statsd host never blocks or fails a render."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from functools import cache
 from typing import Any
 
@@ -17,18 +19,19 @@ def client() -> Any:
 
 
 def render_outcome(provider: str, outcome: str, ms: float | None = None) -> None:
-    try:
+    with suppress(OSError):
         client().incr(f"render.{provider}.{outcome}")
         if ms is not None:
             client().timing(f"render.{provider}.latency_ms", ms)
-    except OSError:  # a missing statsd host must not fail a render
-        pass
 
 
 def campaign_finished(state: str, counts: dict[str, int]) -> None:
-    try:
+    with suppress(OSError):
         client().incr(f"campaign.{state}")
         for name, value in counts.items():
             client().gauge(f"campaign.last.{name}", value)
-    except OSError:
-        pass
+
+
+def breaker_transition(provider: str, change: str) -> None:
+    with suppress(OSError):
+        client().incr(f"breaker.{provider}.{change.replace('->', '_to_')}")

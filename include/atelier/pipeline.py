@@ -11,14 +11,16 @@ import json
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from atelier import catalog, ledger, metrics
+from atelier import catalog, ledger, metrics, providers
 from atelier.catalog import ConfigError, OutputSpec
 from atelier.images import BadImage, check_output
 from atelier.manifest import ManifestError, Report, detect_format, iter_rows
-from atelier.providers import PROVIDERS, get_provider
+from atelier.providers import PROVIDERS, Provider, get_provider
+from atelier.resilience import BreakerOpen, PermanentError, TransientError
 from atelier.settings import settings
 from atelier.storage import Storage, StorageError, render_object_key, split_s3
 
@@ -120,7 +122,7 @@ def register(res: Resources, req: DropRequest, validated: dict[str, Any], run_id
             manifest_sha256=validated["manifest_sha256"],
             specs=req.specs,
             provider=req.provider,
-            model_version=get_provider(req.provider).model_version,
+            model_version=providers.model_version(req.provider),
             priority=req.priority,
             dry_run=req.dry_run,
             dag_run_id=run_id,
@@ -174,77 +176,171 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
     if camp["dry_run"]:
         return []
     return [
-        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus}
+        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus, "provider": camp["provider"]}
         for s in ledger.open_shards(res.conn, campaign_id)
     ]
 
 
-# -- render ------------------------------------------------------------------------------------
+# -- render ----------------------------------------------------------------------------------
+UNAVAILABLE_WAIT_S = 600  # how long a shard waits for some provider of its chain to come back
+
+
+@dataclass
+class Rendered:
+    claimed: ledger.Claimed
+    data: bytes | None = None
+    served_by: str | None = None
+    ms: int = 0
+    error: str | None = None  # permanent failure of this render, with the reason
+    unavailable: str | None = None  # no provider could take it: back to pending, not failed
+
+
+def render_with_chain(
+    chain: list[Provider],
+    source: bytes,
+    spec: OutputSpec,
+    brand: catalog.Brand,
+    key: str,
+    wait_s: float = UNAVAILABLE_WAIT_S,
+) -> tuple[bytes, str]:
+    """Tries the primary, then each fallback. A provider whose circuit is open, or whose retries
+    ran out on transient errors, is passed over; when none is available the render waits (without
+    using up its attempts) for a circuit to half-open. Permanent errors propagate."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        reasons = []
+        for provider in chain:
+            try:
+                return provider.render(source, spec, brand, key), provider.name
+            except BreakerOpen as exc:
+                reasons.append(str(exc))
+            except TransientError as exc:
+                reasons.append(f"{provider.name}: {exc}")
+        if time.monotonic() > deadline:
+            raise TransientError("no provider available: " + "; ".join(reasons))
+        time.sleep(1.0)
+
+
+def _render_sku(
+    chain: list[Provider],
+    storage: Storage,
+    items: list[ledger.Claimed],
+    specs: dict[str, OutputSpec],
+    brand: catalog.Brand,
+) -> list[Rendered]:
+    """One SKU, all its claimed specs; runs in a worker thread, so it does no ledger I/O."""
+    try:
+        source = storage.read(items[0].image_uri)
+    except (FileNotFoundError, StorageError) as exc:
+        return [Rendered(c, error=f"input {items[0].image_uri}: {exc}") for c in items]
+    out = []
+    for c in items:
+        started = time.perf_counter()
+        try:
+            data, served_by = render_with_chain(chain, source, specs[c.spec], brand, c.render_key)
+        except (BadImage, PermanentError) as exc:
+            out.append(Rendered(c, error=f"input {c.image_uri}: {exc}" if isinstance(exc, BadImage) else str(exc)))
+            continue
+        except TransientError as exc:
+            out.append(Rendered(c, unavailable=str(exc)))
+            continue
+        out.append(Rendered(c, data, served_by, round((time.perf_counter() - started) * 1000)))
+    return out
+
+
 def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> dict[str, int]:
-    """Claims the shard's renders, renders each SKU once for all its specs, writes each output to S3
-    exactly once and records the outcome. A bad input fails only its own renders, with the reason;
-    an infrastructure error releases the claims and raises so the task is retried."""
+    """Claims the shard's renders, renders them through the campaign's provider chain, writes each
+    output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
+    the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
+    S3) releases the claims and raises so the task is retried."""
     camp = ledger.campaign(res.conn, campaign_id)
     brand = catalog.brand(camp["brand"])
-    provider = get_provider(camp["provider"])
+    chain = [get_provider(name) for name in providers.chain(camp["provider"])]
     specs = {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]}
     bucket = settings().renders_bucket
     claimed = ledger.claim(res.conn, campaign_id, shard, owner)
     by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
     for c in claimed:
         by_sku[c.sku].append(c)
-    tally = {"claimed": len(claimed), "succeeded": 0, "failed": 0, "written": 0, "already_written": 0}
+    tally = {
+        "claimed": len(claimed),
+        "succeeded": 0,
+        "failed": 0,
+        "unavailable": 0,
+        "written": 0,
+        "already_written": 0,
+        "fallback": 0,
+    }
+    # Remote providers wait on the network: overlap SKUs up to the provider's in-flight cap (shared
+    # by all workers through Redis). The local renderer is CPU bound: one at a time per task.
+    caps = chain[0].capabilities
+    threads = 1 if caps.mode == "sync" else max(1, min(8, caps.max_in_flight))
 
-    def fail(c: ledger.Claimed, reason: str) -> None:
+    def fail(c: ledger.Claimed, reason: str, provider: str) -> None:
         ledger.record_failure(res.conn, campaign_id, c, owner, reason)
-        metrics.render_outcome(provider.name, "failed")
+        metrics.render_outcome(provider, "failed")
         tally["failed"] += 1
         log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, reason)
 
     try:
-        for sku, items in by_sku.items():
-            started = time.perf_counter()
-            try:
-                source = res.storage.read(items[0].image_uri)
-                outputs = provider.render(source, [specs[c.spec] for c in items], brand)
-            except (FileNotFoundError, StorageError, BadImage) as exc:
-                for c in items:
-                    fail(c, f"input {items[0].image_uri}: {exc}")
-                continue
-            render_ms = round((time.perf_counter() - started) * 1000 / len(items))
-            for c in items:
-                spec = specs[c.spec]
-                data = outputs[c.spec]
-                check = check_output(data, spec.width, spec.height, spec.format)
-                if not check.passed:
-                    fail(c, f"quality check: {check.reason}")
-                    continue
-                key = render_object_key(c.render_key, spec.extension)
-                put = res.storage.put_once(
-                    bucket,
-                    key,
-                    data,
-                    CONTENT_TYPES[spec.format],
-                    {
-                        "render-key": c.render_key,
-                        "campaign": campaign_id,
-                        "sku": sku,
-                        "spec": spec.name,
-                        "model-version": provider.model_version,
-                    },
-                )
-                tally["written" if put.created else "already_written"] += 1
-                ledger.record_success(
-                    res.conn,
-                    campaign_id,
-                    c,
-                    owner,
-                    ledger.Output(bucket, key, put.sha256, len(data), spec.width, spec.height, spec.format, True, None),
-                    render_ms,
-                )
-                metrics.render_outcome(provider.name, "succeeded", render_ms)
-                tally["succeeded"] += 1
-            ledger.extend_lease(res.conn, campaign_id, owner)
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(_render_sku, chain, res.storage, items, specs, brand) for items in by_sku.values()]
+            for future in as_completed(futures):
+                for r in future.result():
+                    c, spec = r.claimed, specs[r.claimed.spec]
+                    if r.unavailable:
+                        ledger.release_one(res.conn, campaign_id, c, owner)
+                        tally["unavailable"] += 1
+                        log.warning(
+                            "render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable
+                        )
+                        continue
+                    if r.error or r.data is None:
+                        fail(c, r.error or "no output", chain[0].name)
+                        continue
+                    check = check_output(r.data, spec.width, spec.height, spec.format)
+                    if not check.passed:
+                        fail(c, f"quality check ({r.served_by}): {check.reason}", r.served_by or chain[0].name)
+                        continue
+                    key = render_object_key(c.render_key, spec.extension)
+                    put = res.storage.put_once(
+                        bucket,
+                        key,
+                        r.data,
+                        CONTENT_TYPES[spec.format],
+                        {
+                            "render-key": c.render_key,
+                            "campaign": campaign_id,
+                            "sku": c.sku,
+                            "spec": spec.name,
+                            "model-version": camp["model_version"],
+                            "served-by": r.served_by or "",
+                        },
+                    )
+                    tally["written" if put.created else "already_written"] += 1
+                    ledger.record_success(
+                        res.conn,
+                        campaign_id,
+                        c,
+                        owner,
+                        ledger.Output(
+                            bucket,
+                            key,
+                            put.sha256,
+                            len(r.data),
+                            spec.width,
+                            spec.height,
+                            spec.format,
+                            True,
+                            None,
+                            r.served_by,
+                        ),
+                        r.ms,
+                    )
+                    metrics.render_outcome(r.served_by or chain[0].name, "succeeded", r.ms)
+                    tally["succeeded"] += 1
+                    tally["fallback"] += int(r.served_by != chain[0].name)
+                ledger.extend_lease(res.conn, campaign_id, owner)
     except Exception:
         released = _release_quietly(res, campaign_id, owner)
         log.exception(
@@ -252,6 +348,8 @@ def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> di
         )
         raise
     log.info("shard %s of %s done: %s", shard, campaign_id, json.dumps(tally))
+    if tally["unavailable"]:
+        raise TransientError(f"{tally['unavailable']} renders found no available provider; they are pending again")
     return tally
 
 

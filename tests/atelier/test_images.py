@@ -5,8 +5,9 @@ import struct
 import zlib
 
 import pytest
-from atelier.images import BadImage, check_output, decode_input
 from PIL import Image
+
+from atelier.images import BadImage, check_output, decode_input
 
 
 def encoded(img: Image.Image, fmt: str) -> bytes:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from atelier.manifest import check_image_uri, validate
 
 HOSTS = ("images.maison-demo.example", "*.cdn.maison-demo.example")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from atelier import ledger
 from atelier.catalog import ConfigError
 from atelier.manifest import ManifestError

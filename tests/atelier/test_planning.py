@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from atelier import planning
 from hypothesis import given
 from hypothesis import strategies as st
+
+from atelier import planning
 
 
 def assign(n: int, size: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from atelier.storage import Storage, StorageError, render_object_key
 
 

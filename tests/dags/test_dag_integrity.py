@@ -46,10 +46,11 @@ def test_tags_retries_and_docs(dagbag):
 
 def test_render_is_mapped_in_the_provider_pool_with_readable_names(dagbag):
     dag = dagbag.dags["catalog_drop"]
-    render = dag.get_task("render")
-    assert render.pool == "provider_studio"
-    assert render.map_index_template == "{{ shard_label }}"
-    assert {"validate", "register", "plan", "render", "quality_check", "finalize"} <= set(dag.task_ids)
+    for provider, pool in (("studio", "provider_studio"), ("refservice", "provider_refservice")):
+        render = dag.get_task(f"render_{provider}")
+        assert render.pool == pool
+        assert render.map_index_template == "{{ shard_label }}"
+    assert {"validate", "register", "plan", "render_studio", "quality_check", "finalize"} <= set(dag.task_ids)
     assert dag.params["output_specs"] == ["pdp_square_1024", "thumb_320"]
 
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from atelier import ledger
 from atelier.airflow_api import Airflow
 from atelier.cli import make_samples, prepare_trigger, wait_for_run

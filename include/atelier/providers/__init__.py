@@ -1,31 +1,91 @@
-"""Inference providers. Today: the built-in local studio renderer (deterministic, CPU only)."""
+"""Inference providers: one interface for every backend, declared in ``config/providers.json``.
+
+A provider renders one SKU's packshot into one output spec. The campaign names its primary
+provider; the chain is the primary followed by its configured fallbacks.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol
 
 from atelier.catalog import Brand, OutputSpec
+from atelier.settings import load_config
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_in_flight: int  # concurrent calls across all workers
+    rps: float  # requests per second across all workers (0: unlimited, local)
+    idempotency_keys: bool  # the provider deduplicates on our render key
+    mode: str  # "sync" (in-process) or "async" (submit a job, then poll)
 
 
 class Provider(Protocol):
     name: str
     model_version: str
+    capabilities: Capabilities
 
-    def render(self, source: bytes, specs: list[OutputSpec], brand: Brand) -> dict[str, bytes]:
-        """Renders one SKU's packshot into every spec; raises images.BadImage for unusable input."""
+    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
+        """Renders ``source`` into ``spec``. ``key`` (the render key) is the idempotency key.
+        Raises images.BadImage or resilience.PermanentError for what retrying cannot fix, and
+        resilience.TransientError / BreakerOpen when the provider is unavailable."""
         ...
 
 
-PROVIDERS = ("studio",)
+def configs() -> dict[str, dict[str, Any]]:
+    return load_config("providers.json")
 
 
+PROVIDERS = tuple(configs())
+
+
+def config(name: str) -> dict[str, Any]:
+    try:
+        cfg = dict(configs()[name])
+    except KeyError:
+        raise ValueError(f"provider: unknown provider {name!r}; known: {list(PROVIDERS)}") from None
+    # Endpoints can be moved per environment: ATELIER_PROVIDER_REFSERVICE_URL=...
+    cfg["url"] = os.environ.get(f"ATELIER_PROVIDER_{name.upper()}_URL", cfg.get("url"))
+    return cfg
+
+
+def capabilities(name: str) -> Capabilities:
+    c = config(name)
+    return Capabilities(int(c["max_in_flight"]), float(c["rps"]), bool(c["idempotency_keys"]), c["mode"])
+
+
+def chain(name: str) -> list[str]:
+    """The primary provider followed by its fallbacks, each once."""
+    out = [name]
+    for fallback in config(name).get("fallbacks", []):
+        if fallback not in out:
+            out.append(fallback)
+    return out
+
+
+@cache
 def get_provider(name: str) -> Provider:
-    if name == "studio":
+    kind = config(name)["kind"]
+    if kind == "studio":
         from atelier.providers.studio import StudioRenderer
 
         return StudioRenderer()
-    raise ValueError(f"provider: unknown provider {name!r}; known: {list(PROVIDERS)}")
+    if kind == "refservice":
+        from atelier.providers.refservice import RefServiceProvider
+
+        return RefServiceProvider(name, config(name))
+    if kind == "predictions":
+        from atelier.providers.predictions import PredictionsProvider
+
+        return PredictionsProvider(name, config(name))
+    raise ValueError(f"provider {name}: unknown kind {kind!r}")
 
 
 def model_version(name: str) -> str:
-    return get_provider(name).model_version
+    c = config(name)
+    if c["kind"] == "studio":
+        return get_provider(name).model_version
+    return str(c["model_version"])

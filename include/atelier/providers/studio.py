@@ -7,7 +7,9 @@ Pillow version give the same output bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections import OrderedDict
 
 import numpy as np
 import PIL
@@ -15,6 +17,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from atelier.catalog import Brand, OutputSpec
 from atelier.images import BadImage, decode_input
+from atelier.providers import Capabilities
 
 # The cut-out is made at a working resolution chosen from the output spec alone (so a render's bytes
 # depend only on input × spec × model version), never larger than the output needs.
@@ -105,14 +108,22 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 class StudioRenderer:
     name = "studio"
     model_version = f"studio-renderer/1.1 (pillow {PIL.__version__})"
+    capabilities = Capabilities(max_in_flight=3, rps=0, idempotency_keys=False, mode="sync")
 
-    def render(self, source: bytes, specs: list[OutputSpec], brand: Brand) -> dict[str, bytes]:
-        img = decode_input(source)
-        cutouts: dict[int, Image.Image] = {}  # one cut-out per working resolution, shared by specs
-        out = {}
-        for spec in specs:
-            side = work_side(spec)
-            if side not in cutouts:
-                cutouts[side] = cut_out(img, side)
-            out[spec.name] = encode(compose(cutouts[side], spec, brand), spec.format)
-        return out
+    def __init__(self) -> None:
+        # The specs of one SKU are rendered one after another: keep its recent cut-outs.
+        self._cutouts: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+
+    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str = "") -> bytes:
+        side = work_side(spec)
+        cache_key = (hashlib.sha256(source).hexdigest(), side)
+        product = self._cutouts.get(cache_key)
+        if product is None:
+            product = cut_out(decode_input(source), side)
+            self._cutouts[cache_key] = product
+            while len(self._cutouts) > 4:
+                self._cutouts.popitem(last=False)
+        return encode(compose(product, spec, brand), spec.format)
+
+    def render_all(self, source: bytes, specs: list[OutputSpec], brand: Brand) -> dict[str, bytes]:
+        return {spec.name: self.render(source, spec, brand) for spec in specs}

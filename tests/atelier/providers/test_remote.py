@@ -1,0 +1,118 @@
+"""Remote providers against real local HTTP servers: the reference service (with faults) and a
+server speaking the third-party predictions protocol."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from atelier import catalog
+from atelier.images import check_output
+from atelier.pipeline import render_with_chain
+from atelier.providers import config
+from atelier.providers.predictions import PredictionsProvider
+from atelier.providers.refservice import RefServiceProvider
+from atelier.providers.studio import StudioRenderer
+from atelier.resilience import BreakerOpen, PermanentError, TransientError
+from atelier.samples import packshot
+from tests.helpers import refservice, server
+
+BRAND = catalog.brand("atelier-test")
+SPEC = catalog.all_specs()["bench_small_128"]
+SOURCE = packshot(2, 9)[2]
+
+
+def ref_provider(url: str, name: str, **overrides: Any) -> RefServiceProvider:
+    cfg = {**config("refservice"), "url": url, "poll_interval_s": 0.05, **overrides}
+    return RefServiceProvider(name, cfg)
+
+
+def test_renders_through_5xx_429_and_latency_with_one_execution_per_key(uid: str):
+    faults = json.dumps({"error_rate": 0.25, "rate_429": 0.15, "retry_after_s": 0.1, "latency_ms": 20})
+    with refservice(faults) as url:
+        provider = ref_provider(url, f"ref-{uid}", attempts=10)
+        expected = StudioRenderer().render(SOURCE, SPEC, BRAND)
+        for i in range(8):
+            assert provider.render(SOURCE, SPEC, BRAND, f"key-{uid}-{i}") == expected
+        stats = httpx.get(f"{url}/admin/stats").json()
+    assert stats["counts"]["injected_500"] > 0 and stats["counts"]["injected_429"] > 0
+    assert stats["executions"] == 8 and stats["keys_executed_more_than_once"] == []
+
+
+def test_hangs_time_out_and_client_errors_fail_at_once(uid: str):
+    with refservice(json.dumps({"hang_rate": 1.0, "hang_s": 5})) as url:
+        provider = ref_provider(url, f"hang-{uid}", read_timeout_s=0.3, attempts=2)
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="timed out"):
+            provider.render(SOURCE, SPEC, BRAND, f"h-{uid}")
+        assert time.monotonic() - started < 4  # the client's timeout, not the server's hang
+    with refservice() as url:
+        provider = ref_provider(url, f"bad-{uid}")
+        bad_spec = catalog.OutputSpec("bad", 0, 0, "JPEG")
+        with pytest.raises(PermanentError):
+            provider.render(SOURCE, bad_spec, BRAND, f"b-{uid}")
+
+
+def test_corrupt_output_is_caught_by_the_output_check(uid: str):
+    with refservice(json.dumps({"corrupt_rate": 1.0})) as url:
+        data = ref_provider(url, f"cor-{uid}").render(SOURCE, SPEC, BRAND, f"c-{uid}")
+    check = check_output(data, SPEC.width, SPEC.height, SPEC.format)
+    assert not check.passed and "does not decode" in check.reason
+
+
+def test_outage_opens_the_breaker_and_the_fallback_serves(uid: str):
+    with refservice() as url:
+        breaker_cfg = {"window_s": 10, "min_calls": 4, "failure_rate": 0.5, "open_s": 1}
+        primary = ref_provider(url, f"out-{uid}", attempts=2, breaker=breaker_cfg)
+        httpx.post(f"{url}/admin/outage", json={"seconds": 2})
+        served = [
+            render_with_chain([primary, StudioRenderer()], SOURCE, SPEC, BRAND, f"o-{uid}-{i}")[1] for i in range(4)
+        ]
+        assert served == ["studio"] * 4
+        assert primary.breaker.state() == "open"
+        with pytest.raises(BreakerOpen):
+            primary.render(SOURCE, SPEC, BRAND, f"o-{uid}-x")
+        time.sleep(2.2)  # outage over, breaker half-opens: the probe succeeds and closes it
+        _data, by = render_with_chain([primary, StudioRenderer()], SOURCE, SPEC, BRAND, f"o-{uid}-after")
+        assert by == primary.name and primary.breaker.state() == "closed"
+    changes = [t.split()[1] for t in primary.breaker.transitions()]
+    assert changes[:3] == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+def worker(args: tuple[str, str, int, int]) -> int:
+    url, name, first, n = args
+    provider = ref_provider(url, name, rps=8, max_in_flight=3, attempts=8)
+    for i in range(first, first + n):
+        provider.render(SOURCE, SPEC, BRAND, f"{name}-{i}")
+    return n
+
+
+def test_shared_rate_limit_holds_at_the_server_with_several_worker_processes(uid: str):
+    """4 processes, each its own client, one quota: the server (10 req/s, 4 in flight) must never
+    have to refuse a request, because the Redis limiter keeps them together at 8 req/s, 3 in flight."""
+    with refservice(rps=10, max_in_flight=4) as url:
+        name = f"shared-{uid}"
+        with mp.get_context("spawn").Pool(4) as pool:
+            done = pool.map(worker, [(url, name, w * 100, 5) for w in range(4)])
+        stats = httpx.get(f"{url}/admin/stats").json()
+    assert sum(done) == 20 and stats["executions"] == 20
+    assert stats["quota_violations"] == 0, stats
+    assert stats["max_requests_in_1s_seen"] <= 10 and stats["max_in_flight_seen"] <= 3
+
+
+def test_predictions_adapter_speaks_the_protocol(uid: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+    with server(["-m", "tests.fakes.predictions_server"]) as url:
+        cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05}
+        provider = PredictionsProvider(f"pred-{uid}", cfg)
+        assert provider.render(SOURCE, SPEC, BRAND, "k") == StudioRenderer().render(SOURCE, SPEC, BRAND)
+        with pytest.raises(PermanentError, match="failed: width must be positive"):
+            provider.render(SOURCE, catalog.OutputSpec("x", 0, 10, "JPEG"), BRAND, "k2")
+        monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "wrong")
+        with pytest.raises(PermanentError, match="401"):
+            PredictionsProvider(f"pred2-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k3")

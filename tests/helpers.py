@@ -1,0 +1,60 @@
+"""Test helpers: start a real HTTP server process and wait for it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(args: list[str], health_path: str = "/healthz") -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(url + health_path, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32) -> Iterator[str]:
+    with server(
+        [
+            "-m",
+            "atelier.cli",
+            "refservice",
+            "serve",
+            "--faults",
+            faults,
+            "--rps",
+            str(rps),
+            "--max-in-flight",
+            str(max_in_flight),
+        ]
+    ) as url:
+        yield url
