@@ -21,7 +21,7 @@ HEAVY = [
     "atelier.pipeline",
     "atelier.providers.studio",
 ]
-APPROVED_TAGS = {"atelier", "catalog-drop"}
+APPROVED_TAGS = {"atelier", "catalog-drop", "reaper"}
 
 
 @pytest.fixture(scope="module")
