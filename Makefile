@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 ATELIER := $(VENV)/bin/atelier
 
-.PHONY: venv up down status demo test lint bench lock clean
+.PHONY: venv up down status demo test lint bench chaos lock clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,10 @@ lint: venv
 # Benchmark: a 2,000-SKU drop (sharded) against one mapped task per SKU; prints the figures.
 bench: up
 	$(ATELIER) bench --skus $${SKUS:-2000}
+
+# Chaos run: a 2,000-SKU drop against the faulty reference service; prints the accounting.
+chaos: up
+	$(ATELIER) chaos --skus $${SKUS:-2000} --outage $${OUTAGE:-60}
 
 # Regenerate the pinned requirements.txt from requirements.in.
 lock:

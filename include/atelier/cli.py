@@ -457,6 +457,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- chaos -------------------------------------------------------------------------------------
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from atelier import chaos
+
+    report = chaos.run(args.skus, args.outage, kill=not args.no_kill, pg_restart=not args.no_pg_restart)
+    chaos.print_report(report)
+    bad = report["lost"] or report["duplicated_s3_writes"] or report["duplicated_provider_executions"]
+    return EXIT_INVALID if bad or report["rate_limit_violations_at_server"] else EXIT_OK
+
+
 # -- reference inference service ---------------------------------------------------------------
 def cmd_refservice_serve(args: argparse.Namespace) -> int:
     from atelier.refservice.app import Faults, Quota, serve
@@ -525,6 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-in-flight", type=int, default=8, help="server-side quota: concurrent jobs")
     sv.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.1, "rate_429": 0.05, "hang_rate": 0.02}')
     sv.set_defaults(func=cmd_refservice_serve)
+
+    ch = sub.add_parser("chaos", help="a drop under injected faults, outage, SIGKILL and a Postgres restart")
+    ch.add_argument("--skus", type=int, default=2000)
+    ch.add_argument("--outage", type=float, default=60, help="seconds of primary provider outage")
+    ch.add_argument("--no-kill", action="store_true")
+    ch.add_argument("--no-pg-restart", action="store_true")
+    ch.set_defaults(func=cmd_chaos)
 
     b = sub.add_parser("bench", help="sharded vs one-task-per-SKU throughput on the local stack")
     b.add_argument("--skus", type=int, default=2000)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +255,7 @@ def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> di
     output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
     the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
     S3) releases the claims and raises so the task is retried."""
+    announce_worker(owner)
     camp = ledger.campaign(res.conn, campaign_id)
     brand = catalog.brand(camp["brand"])
     chain = [get_provider(name) for name in providers.chain(camp["provider"])]
@@ -351,6 +354,14 @@ def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> di
     if tally["unavailable"]:
         raise TransientError(f"{tally['unavailable']} renders found no available provider; they are pending again")
     return tally
+
+
+def announce_worker(owner: str) -> None:
+    """Records this task's pid under its lease owner (``atelier chaos`` kills one mid-shard)."""
+    with suppress(Exception):  # observability only: never a reason to fail a render
+        from atelier.resilience import redis_client
+
+        redis_client().hset("atelier:task-pids", owner, os.getpid())
 
 
 def _release_quietly(res: Resources, campaign_id: str, owner: str) -> int:
