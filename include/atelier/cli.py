@@ -159,35 +159,51 @@ def progress_line(counts: dict[str, int], total: int, width: int = 32) -> str:
 
 
 def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, timeout: float = 7200) -> str:
-    """Polls the run and shows ledger progress until the run ends; returns the run's state."""
+    """Polls the run and shows ledger progress until the run ends; returns the run's state. Rides
+    out a database or api-server restart (it reconnects and keeps watching)."""
+    import psycopg
+    from airflow_client.client import ApiException
+
     from atelier import ledger
 
-    conn = _ledger()
+    conn = None
     deadline = time.monotonic() + timeout
     state, last, tty = "queued", "", sys.stderr.isatty()
     try:
         while time.monotonic() < deadline:
-            run_state = af.run(run_id).state
-            state = str(getattr(run_state, "value", run_state))
-            if show:
-                try:
-                    camp = ledger.campaign(conn, campaign_id)
-                    total = camp["render_count"] or 0
-                    counts = ledger.state_counts(conn, campaign_id)
-                    line = progress_line(counts, total) if total else "  validating and planning…"
-                except KeyError:
-                    line = "  waiting for the run to start…"
-                line = f"{line}  run: {state}"
-                if tty:
-                    print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
-                elif line != last:
-                    print(line, file=sys.stderr, flush=True)
-                last = line
+            try:
+                run_state = af.run(run_id).state
+                state = str(getattr(run_state, "value", run_state))
+                if show:
+                    conn = conn if conn is not None and not conn.closed else _ledger()
+                    try:
+                        camp = ledger.campaign(conn, campaign_id)
+                        total = camp["render_count"] or 0
+                        counts = ledger.state_counts(conn, campaign_id)
+                        line = progress_line(counts, total) if total else "  validating and planning…"
+                    except KeyError:
+                        line = "  waiting for the run to start…"
+                    line = f"{line}  run: {state}"
+                    if tty:
+                        print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
+                    elif line != last:
+                        print(line, file=sys.stderr, flush=True)
+                    last = line
+            except (psycopg.OperationalError, ConnectionError, OSError) as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                print(f"  (watching: {type(exc).__name__}; retrying)", file=sys.stderr, flush=True)
+            except ApiException as exc:  # the api-server answering 5xx while its database restarts
+                if exc.status is not None and exc.status < 500:
+                    raise
+                print(f"  (watching: Airflow API {type(exc).__name__}; retrying)", file=sys.stderr, flush=True)
             if state in ("success", "failed"):
                 break
             time.sleep(2)
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
         if show and tty:
             print(file=sys.stderr)
     return state

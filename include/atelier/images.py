@@ -58,8 +58,10 @@ def check_output(data: bytes, width: int, height: int, fmt: str, min_stddev: flo
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+    except UnidentifiedImageError:
+        return OutputCheck(False, f"output does not decode (not an image: {len(data)} bytes)", 0, 0, "")
     except Exception as exc:  # any decoder failure means the output is unusable
-        return OutputCheck(False, f"output does not decode ({exc})", 0, 0, "")
+        return OutputCheck(False, f"output does not decode ({type(exc).__name__}: {exc})", 0, 0, "")
     got_fmt = img.format or ""
     if got_fmt != fmt:
         return OutputCheck(False, f"format is {got_fmt}, expected {fmt}", img.width, img.height, got_fmt)
