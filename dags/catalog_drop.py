@@ -26,6 +26,8 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from atelier.operators import RenderShardOperator
+
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 SPECS = list(json.loads((CONFIG / "specs.json").read_text()))
 # One render task per provider, each in its provider's pool (pools are fixed when the DAG is parsed).
@@ -113,7 +115,7 @@ def _request(params: dict[str, Any]) -> Any:
     },
 )
 def catalog_drop() -> None:
-    @task
+    @task(multiple_outputs=False)
     def validate() -> dict[str, Any]:
         from atelier.pipeline import validate_drop
 
@@ -149,21 +151,7 @@ def catalog_drop() -> None:
         """The shards this provider's render task maps over (all of them, or none)."""
         return [s for s in shards if s["provider"] == provider]
 
-    @task(map_index_template="{{ shard_label }}", execution_timeout=timedelta(hours=2))
-    def render(shard: dict[str, Any]) -> dict[str, int]:
-        from atelier.pipeline import render_shard
-
-        ctx = get_current_context()
-        ctx["shard_label"] = shard["label"]  # type: ignore[typeddict-unknown-key]
-        ti = ctx["ti"]
-        owner = f"{ctx['run_id']}/{ti.task_id}/{ti.map_index}"
-        res = _resources()
-        try:
-            return render_shard(res, shard["campaign_id"], shard["shard"], owner)
-        finally:
-            res.close()
-
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", multiple_outputs=False)
     def quality_check(campaign_id: str) -> dict[str, Any]:
         from atelier.pipeline import quality_check as check
 
@@ -173,7 +161,7 @@ def catalog_drop() -> None:
         finally:
             res.close()
 
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", multiple_outputs=False)
     def finalize(campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
         from atelier.pipeline import finalize as finish
 
@@ -191,7 +179,13 @@ def catalog_drop() -> None:
     qa = quality_check(campaign_id)
     for name, cfg in PROVIDERS.items():
         mine = shards_for.override(task_id=f"shards_{name}")(planned, name)
-        render.override(task_id=f"render_{name}", pool=cfg["pool"]).expand(shard=mine) >> qa
+        render = RenderShardOperator.partial(
+            task_id=f"render_{name}",
+            pool=cfg["pool"],
+            map_index_template="{{ shard_label }}",
+            execution_timeout=timedelta(hours=2),
+        )
+        render.expand(shard=mine) >> qa
     finalize(campaign_id, qa)
 
 

@@ -243,7 +243,9 @@ class Claimed:
     attempts: int
 
 
-def claim(conn: Any, campaign_id: str, shard: int, owner: str, lease_seconds: int = LEASE_SECONDS) -> list[Claimed]:
+def claim(
+    conn: Any, campaign_id: str, shard: int, owner: str, lease_seconds: int = LEASE_SECONDS, limit: int | None = None
+) -> list[Claimed]:
     """Takes the shard's renders that are pending, already ours, or whose lease expired. Row locks
     with SKIP LOCKED mean two claimers never get the same render."""
     with conn.cursor() as cur:
@@ -252,14 +254,14 @@ def claim(conn: Any, campaign_id: str, shard: int, owner: str, lease_seconds: in
                  SELECT campaign_id, sku, spec FROM renders
                  WHERE campaign_id = %s AND shard = %s AND (state = 'pending' OR (state = 'running'
                    AND (lease_owner = %s OR lease_expires_at < now())))
-                 ORDER BY sku, spec FOR UPDATE SKIP LOCKED)
+                 ORDER BY sku, spec LIMIT %s FOR UPDATE SKIP LOCKED)
                UPDATE renders r SET state = 'running', lease_owner = %s,
                  lease_expires_at = now() + make_interval(secs => %s), attempts = r.attempts + 1, updated_at = now()
                FROM todo, skus s
                WHERE r.campaign_id = todo.campaign_id AND r.sku = todo.sku AND r.spec = todo.spec
                  AND s.campaign_id = r.campaign_id AND s.sku = r.sku
                RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts""",
-            (campaign_id, shard, owner, owner, lease_seconds),
+            (campaign_id, shard, owner, limit, owner, lease_seconds),
         )
         claimed = sorted((Claimed(*r) for r in cur.fetchall()), key=lambda c: (c.sku, c.spec))
     conn.commit()

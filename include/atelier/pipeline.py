@@ -250,23 +250,9 @@ def _render_sku(
     return out
 
 
-def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> dict[str, int]:
-    """Claims the shard's renders, renders them through the campaign's provider chain, writes each
-    output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
-    the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
-    S3) releases the claims and raises so the task is retried."""
-    announce_worker(owner)
-    camp = ledger.campaign(res.conn, campaign_id)
-    brand = catalog.brand(camp["brand"])
-    chain = [get_provider(name) for name in providers.chain(camp["provider"])]
-    specs = {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]}
-    bucket = settings().renders_bucket
-    claimed = ledger.claim(res.conn, campaign_id, shard, owner)
-    by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
-    for c in claimed:
-        by_sku[c.sku].append(c)
-    tally = {
-        "claimed": len(claimed),
+def new_tally() -> dict[str, int]:
+    return {
+        "claimed": 0,
         "succeeded": 0,
         "failed": 0,
         "unavailable": 0,
@@ -274,86 +260,230 @@ def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> di
         "already_written": 0,
         "fallback": 0,
     }
+
+
+@dataclass
+class ShardContext:
+    camp: dict[str, Any]
+    brand: catalog.Brand
+    chain: list[Provider]
+    specs: dict[str, OutputSpec]
+
+
+def shard_context(res: Resources, campaign_id: str) -> ShardContext:
+    camp = ledger.campaign(res.conn, campaign_id)
+    return ShardContext(
+        camp,
+        catalog.brand(camp["brand"]),
+        [get_provider(name) for name in providers.chain(camp["provider"])],
+        {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]},
+    )
+
+
+def record(
+    res: Resources, campaign_id: str, owner: str, ctx: ShardContext, results: list[Rendered], tally: dict[str, int]
+) -> None:
+    """Writes each rendered output to S3 once and records every outcome: the same for sync shards
+    and for deferred ones resuming after their trigger."""
+    primary = ctx.chain[0].name
+    bucket = settings().renders_bucket
+    for r in results:
+        c, spec = r.claimed, ctx.specs[r.claimed.spec]
+        if r.unavailable:
+            ledger.release_one(res.conn, campaign_id, c, owner)
+            tally["unavailable"] += 1
+            log.warning("render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable)
+            continue
+        failure = r.error or ("no output" if r.data is None else None)
+        if failure is None and r.data is not None:
+            check = check_output(r.data, spec.width, spec.height, spec.format)
+            failure = None if check.passed else f"quality check ({r.served_by}): {check.reason}"
+        if failure is not None or r.data is None:
+            ledger.record_failure(res.conn, campaign_id, c, owner, failure or "no output")
+            metrics.render_outcome(r.served_by or primary, "failed")
+            tally["failed"] += 1
+            log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, failure)
+            continue
+        key = render_object_key(c.render_key, spec.extension)
+        put = res.storage.put_once(
+            bucket,
+            key,
+            r.data,
+            CONTENT_TYPES[spec.format],
+            {
+                "render-key": c.render_key,
+                "campaign": campaign_id,
+                "sku": c.sku,
+                "spec": spec.name,
+                "model-version": ctx.camp["model_version"],
+                "served-by": r.served_by or "",
+            },
+        )
+        tally["written" if put.created else "already_written"] += 1
+        ledger.record_success(
+            res.conn,
+            campaign_id,
+            c,
+            owner,
+            ledger.Output(
+                bucket, key, put.sha256, len(r.data), spec.width, spec.height, spec.format, True, None, r.served_by
+            ),
+            r.ms,
+        )
+        metrics.render_outcome(r.served_by or primary, "succeeded", r.ms)
+        tally["succeeded"] += 1
+        tally["fallback"] += int(r.served_by != primary)
+    ledger.extend_lease(res.conn, campaign_id, owner)
+
+
+def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> dict[str, int]:
+    """Claims the shard's renders, renders them through the campaign's provider chain, writes each
+    output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
+    the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
+    S3) releases the claims and raises so the task is retried."""
+    announce_worker(owner)
+    ctx = shard_context(res, campaign_id)
+    claimed = ledger.claim(res.conn, campaign_id, shard, owner)
+    by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
+    for c in claimed:
+        by_sku[c.sku].append(c)
+    tally = new_tally()
+    tally["claimed"] = len(claimed)
     # Remote providers wait on the network: overlap SKUs up to the provider's in-flight cap (shared
     # by all workers through Redis). The local renderer is CPU bound: one at a time per task.
-    caps = chain[0].capabilities
+    caps = ctx.chain[0].capabilities
     threads = 1 if caps.mode == "sync" else max(1, min(8, caps.max_in_flight))
-
-    def fail(c: ledger.Claimed, reason: str, provider: str) -> None:
-        ledger.record_failure(res.conn, campaign_id, c, owner, reason)
-        metrics.render_outcome(provider, "failed")
-        tally["failed"] += 1
-        log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, reason)
-
     try:
         with ThreadPoolExecutor(threads) as pool:
-            futures = [pool.submit(_render_sku, chain, res.storage, items, specs, brand) for items in by_sku.values()]
+            futures = [
+                pool.submit(_render_sku, ctx.chain, res.storage, items, ctx.specs, ctx.brand)
+                for items in by_sku.values()
+            ]
             for future in as_completed(futures):
-                for r in future.result():
-                    c, spec = r.claimed, specs[r.claimed.spec]
-                    if r.unavailable:
-                        ledger.release_one(res.conn, campaign_id, c, owner)
-                        tally["unavailable"] += 1
-                        log.warning(
-                            "render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable
-                        )
-                        continue
-                    if r.error or r.data is None:
-                        fail(c, r.error or "no output", chain[0].name)
-                        continue
-                    check = check_output(r.data, spec.width, spec.height, spec.format)
-                    if not check.passed:
-                        fail(c, f"quality check ({r.served_by}): {check.reason}", r.served_by or chain[0].name)
-                        continue
-                    key = render_object_key(c.render_key, spec.extension)
-                    put = res.storage.put_once(
-                        bucket,
-                        key,
-                        r.data,
-                        CONTENT_TYPES[spec.format],
-                        {
-                            "render-key": c.render_key,
-                            "campaign": campaign_id,
-                            "sku": c.sku,
-                            "spec": spec.name,
-                            "model-version": camp["model_version"],
-                            "served-by": r.served_by or "",
-                        },
-                    )
-                    tally["written" if put.created else "already_written"] += 1
-                    ledger.record_success(
-                        res.conn,
-                        campaign_id,
-                        c,
-                        owner,
-                        ledger.Output(
-                            bucket,
-                            key,
-                            put.sha256,
-                            len(r.data),
-                            spec.width,
-                            spec.height,
-                            spec.format,
-                            True,
-                            None,
-                            r.served_by,
-                        ),
-                        r.ms,
-                    )
-                    metrics.render_outcome(r.served_by or chain[0].name, "succeeded", r.ms)
-                    tally["succeeded"] += 1
-                    tally["fallback"] += int(r.served_by != chain[0].name)
-                ledger.extend_lease(res.conn, campaign_id, owner)
+                record(res, campaign_id, owner, ctx, future.result(), tally)
     except Exception:
         released = _release_quietly(res, campaign_id, owner)
         log.exception(
             "shard %s of %s hit an infrastructure error; released %s claims for the retry", shard, campaign_id, released
         )
         raise
+    return finish_tally(campaign_id, shard, tally)
+
+
+def finish_tally(campaign_id: str, shard: int, tally: dict[str, int]) -> dict[str, int]:
     log.info("shard %s of %s done: %s", shard, campaign_id, json.dumps(tally))
     if tally["unavailable"]:
         raise TransientError(f"{tally['unavailable']} renders found no available provider; they are pending again")
     return tally
+
+
+MAX_ATTEMPTS = 8  # a render claimed this often without an outcome fails, with the reason
+
+
+def submit_batch(
+    res: Resources, campaign_id: str, shard: int, owner: str, tally: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Deferred shards: claims as many renders as the primary has free in-flight slots and submits
+    them as jobs (the render key is the idempotency key). Renders the primary cannot take now go
+    through the fallbacks at once. Returns the submitted jobs (JSON-able, for the trigger); []
+    when the shard has nothing left."""
+    announce_worker(owner)
+    ctx = shard_context(res, campaign_id)
+    primary: Any = ctx.chain[0]
+    tokens = [t for t in [primary.in_flight.acquire(timeout=120)] if t]
+    while tokens and len(tokens) < primary.capabilities.max_in_flight:
+        more = primary.in_flight.acquire(timeout=0)
+        if more is None:
+            break
+        tokens.append(more)
+    claimed = ledger.claim(res.conn, campaign_id, shard, owner, limit=max(1, len(tokens)))
+    for t in tokens[len(claimed) :]:
+        primary.in_flight.release(t)
+    tally["claimed"] += len(claimed)
+    jobs: list[dict[str, Any]] = []
+    done: list[Rendered] = []
+    sources: dict[str, bytes] = {}
+    for c, token in zip(claimed, tokens + [""] * len(claimed), strict=False):
+        spec = ctx.specs[c.spec]
+        try:
+            if c.attempts > MAX_ATTEMPTS:
+                raise PermanentError(f"gave up after {c.attempts - 1} attempts without an outcome")
+            if c.image_uri not in sources:
+                sources[c.image_uri] = res.storage.read(c.image_uri)
+            source = sources[c.image_uri]
+            if not token:
+                raise TransientError("no in-flight slot")
+            job_id = primary.submit(source, spec, ctx.brand, c.render_key)
+            jobs.append(
+                {
+                    "sku": c.sku,
+                    "spec": c.spec,
+                    "render_key": c.render_key,
+                    "image_uri": c.image_uri,
+                    "attempts": c.attempts,
+                    "job_id": job_id,
+                    "slot": token,
+                }
+            )
+            continue
+        except (FileNotFoundError, StorageError, PermanentError) as exc:
+            done.append(
+                Rendered(c, error=f"input {c.image_uri}: {exc}" if not isinstance(exc, PermanentError) else str(exc))
+            )
+        except (BreakerOpen, TransientError) as exc:
+            done.append(_fallback(ctx, sources.get(c.image_uri), c, spec, exc))
+        if token:
+            primary.in_flight.release(token)
+    record(res, campaign_id, owner, ctx, done, tally)
+    return jobs
+
+
+def _fallback(ctx: ShardContext, source: bytes | None, c: ledger.Claimed, spec: OutputSpec, why: Exception) -> Rendered:
+    """The primary cannot take this render now: the rest of the chain renders it in the task."""
+    if source is None or len(ctx.chain) < 2:
+        return Rendered(c, unavailable=f"{ctx.chain[0].name}: {why}")
+    started = time.perf_counter()
+    try:
+        data, by = render_with_chain(ctx.chain[1:], source, spec, ctx.brand, c.render_key, wait_s=0)
+    except (BadImage, PermanentError) as exc:
+        return Rendered(c, error=str(exc))
+    except TransientError as exc:
+        return Rendered(c, unavailable=str(exc))
+    return Rendered(c, data, by, round((time.perf_counter() - started) * 1000))
+
+
+def complete_batch(
+    res: Resources,
+    campaign_id: str,
+    owner: str,
+    jobs: list[dict[str, Any]],
+    statuses: dict[str, dict[str, Any]],
+    tally: dict[str, int],
+) -> None:
+    """Deferred shards, on resume: fetches finished jobs' results and records every outcome as the
+    sync path does; jobs the trigger saw unfinished go back to pending (re-submitting the same key
+    finds the same job, so the provider never renders it twice)."""
+    ctx = shard_context(res, campaign_id)
+    primary: Any = ctx.chain[0]
+    results = []
+    for j in jobs:
+        c = ledger.Claimed(j["sku"], j["spec"], j["render_key"], j["image_uri"], j["attempts"])
+        status = statuses.get(j["job_id"], {"status": "unknown", "error": "no status"})
+        try:
+            if status["status"] == "succeeded":
+                results.append(Rendered(c, primary.result(j["job_id"], status), primary.name))
+            elif status["status"] == "failed":
+                results.append(Rendered(c, error=f"{primary.name}: job {j['job_id']} failed: {status.get('error')}"))
+            else:
+                results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {status.get('error')}"))
+        except PermanentError as exc:
+            results.append(Rendered(c, error=str(exc)))
+        except (BreakerOpen, TransientError) as exc:
+            results.append(Rendered(c, unavailable=str(exc)))
+        finally:
+            primary.in_flight.release(j["slot"])
+    record(res, campaign_id, owner, ctx, results, tally)
+    tally["unavailable"] = 0  # those are pending again and the next batch takes them
 
 
 def announce_worker(owner: str) -> None:

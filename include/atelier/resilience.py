@@ -94,22 +94,31 @@ class InFlight:
         self.redis = redis_client(url)
         self.script = self.redis.register_script(_ACQUIRE)
 
-    @contextmanager
-    def slot(self, timeout: float = 300.0) -> Iterator[None]:
+    def acquire(self, timeout: float = 300.0) -> str | None:
+        """A slot token, or None if none came free within ``timeout`` seconds (0: try once)."""
         token = uuid.uuid4().hex
         deadline = time.monotonic() + timeout
         while True:
             now = time.time()
             args = [now, self.limit, now + self.lease_s, token, int(self.lease_s) + 60]
             if self.script(keys=[self.key], args=args):
-                break
-            if time.monotonic() > deadline:
-                raise TransientError(f"{self.key}: no in-flight slot within {timeout:.0f}s")
+                return token
+            if time.monotonic() >= deadline:
+                return None
             time.sleep(0.02 + random.uniform(0, 0.03))
+
+    def release(self, token: str) -> None:
+        self.redis.zrem(self.key, token)
+
+    @contextmanager
+    def slot(self, timeout: float = 300.0) -> Iterator[None]:
+        token = self.acquire(timeout)
+        if token is None:
+            raise TransientError(f"{self.key}: no in-flight slot within {timeout:.0f}s")
         try:
             yield
         finally:
-            self.redis.zrem(self.key, token)
+            self.release(token)
 
 
 # -- circuit breaker ---------------------------------------------------------------------------

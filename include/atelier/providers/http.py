@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from atelier.catalog import Brand, OutputSpec
 from atelier.providers import Capabilities
 from atelier.resilience import (
     BreakerConfig,
@@ -46,16 +47,44 @@ class HttpProvider:
         self.base_url = str(cfg["url"]).rstrip("/")
         self.timeout = httpx.Timeout(float(cfg["read_timeout_s"]), connect=float(cfg["connect_timeout_s"]))
         self.http = httpx.Client(timeout=self.timeout, headers=self.auth_headers())
-        self.limiter = RateLimiter(name, self.capabilities.rps) if self.capabilities.rps > 0 else None
-        self.in_flight = InFlight(name, self.capabilities.max_in_flight, lease_s=float(cfg["job_timeout_s"]) + 60)
-        self.breaker = CircuitBreaker(name, BreakerConfig(**cfg.get("breaker", {})))
-        self.budget = RetryBudget(name)
+        # Quotas, breaker and budget belong to the service: provider entries that reach the same
+        # service (e.g. refservice and refservice_deferred) share them.
+        service = str(cfg.get("service", name))
+        self.limiter = RateLimiter(service, self.capabilities.rps) if self.capabilities.rps > 0 else None
+        self.in_flight = InFlight(service, self.capabilities.max_in_flight, lease_s=float(cfg["job_timeout_s"]) + 60)
+        self.breaker = CircuitBreaker(service, BreakerConfig(**cfg.get("breaker", {})))
+        self.budget = RetryBudget(service)
         self.attempts = int(cfg.get("attempts", 5))
         self.poll_interval = float(cfg.get("poll_interval_s", 0.5))
         self.job_timeout = float(cfg["job_timeout_s"])
 
     def auth_headers(self) -> dict[str, str]:
         return {}
+
+    # The job protocol each remote provider implements (used by render and by deferred shards).
+    def submit(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> str:
+        raise NotImplementedError
+
+    def status_path(self, job_id: str) -> str:
+        raise NotImplementedError
+
+    def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        """{"status": "running" | "succeeded" | "failed", "error": ..., plus what result() needs}"""
+        raise NotImplementedError
+
+    def result(self, job_id: str, status: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
+        with self.slot():
+            job_id = self.submit(source, spec, brand, key)
+            status = self.wait_for(
+                lambda: self.parse_status(self.request("GET", self.status_path(job_id)).json()),
+                lambda s: s["status"] in ("succeeded", "failed"),
+            )
+            if status["status"] == "failed":
+                raise PermanentError(f"{self.name}: job {job_id} failed: {status.get('error')}")
+            return self.result(job_id, status)
 
     def slot(self) -> AbstractContextManager[None]:
         """One in-flight slot for the whole job (submit → result)."""

@@ -20,15 +20,13 @@ from atelier.catalog import Brand, OutputSpec
 from atelier.providers.http import HttpProvider
 from atelier.resilience import PermanentError
 
-TERMINAL = ("succeeded", "failed", "canceled")
-
 
 class PredictionsProvider(HttpProvider):
     def auth_headers(self) -> dict[str, str]:
         token = os.environ.get(str(self.cfg.get("token_env", "")), "")
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
+    def submit(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> str:
         body = {
             "version": self.model_version,
             "input": {
@@ -40,16 +38,20 @@ class PredictionsProvider(HttpProvider):
                 "backdrop_bottom": brand.backdrop_bottom,
             },
         }
-        with self.slot():
-            created = self.request("POST", "/v1/predictions", json=body).json()
-            pred: dict[str, Any] = self.wait_for(
-                lambda: self.request("GET", f"/v1/predictions/{created['id']}").json(),
-                lambda p: p.get("status") in TERMINAL,
-            )
-            if pred["status"] != "succeeded":
-                raise PermanentError(f"{self.name}: prediction {created['id']} {pred['status']}: {pred.get('error')}")
-            output = pred.get("output")
-            url = output[0] if isinstance(output, list) and output else output
-            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-                raise PermanentError(f"{self.name}: prediction {created['id']} has no output URL ({output!r})")
-            return self.request("GET", url).content
+        return str(self.request("POST", "/v1/predictions", json=body).json()["id"])
+
+    def status_path(self, job_id: str) -> str:
+        return f"/v1/predictions/{job_id}"
+
+    def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        raw = body.get("status")
+        status = "succeeded" if raw == "succeeded" else "failed" if raw in ("failed", "canceled") else "running"
+        error = body.get("error") if raw != "canceled" else "canceled"
+        return {"status": status, "error": f"{raw}: {error}", "output": body.get("output")}
+
+    def result(self, job_id: str, status: dict[str, Any]) -> bytes:
+        output = status.get("output")
+        url = output[0] if isinstance(output, list) and output else output
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise PermanentError(f"{self.name}: prediction {job_id} has no output URL ({output!r})")
+        return self.request("GET", url).content

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from atelier.catalog import Brand, OutputSpec
 from atelier.providers.http import HttpProvider
-from atelier.resilience import PermanentError
 
 
 class RefServiceProvider(HttpProvider):
-    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
+    def submit(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> str:
         body = {
             "image_b64": base64.b64encode(source).decode(),
             "spec": {"name": spec.name, "width": spec.width, "height": spec.height, "format": spec.format},
@@ -21,12 +21,14 @@ class RefServiceProvider(HttpProvider):
                 "shadow_strength": brand.shadow_strength,
             },
         }
-        with self.slot():
-            job = self.request("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()
-            status = self.wait_for(
-                lambda: self.request("GET", f"/v1/jobs/{job['id']}").json(),
-                lambda s: s["status"] in ("succeeded", "failed"),
-            )
-            if status["status"] == "failed":
-                raise PermanentError(f"{self.name}: job {job['id']} failed: {status.get('error')}")
-            return self.request("GET", f"/v1/jobs/{job['id']}/result").content
+        return str(self.request("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()["id"])
+
+    def status_path(self, job_id: str) -> str:
+        return f"/v1/jobs/{job_id}"
+
+    def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        status = body["status"] if body["status"] in ("succeeded", "failed") else "running"
+        return {"status": status, "error": body.get("error")}
+
+    def result(self, job_id: str, status: dict[str, Any]) -> bytes:
+        return self.request("GET", f"/v1/jobs/{job_id}/result").content

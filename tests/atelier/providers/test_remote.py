@@ -28,7 +28,7 @@ SOURCE = packshot(2, 9)[2]
 
 
 def ref_provider(url: str, name: str, **overrides: Any) -> RefServiceProvider:
-    cfg = {**config("refservice"), "url": url, "poll_interval_s": 0.05, **overrides}
+    cfg = {**config("refservice"), "url": url, "service": name, "poll_interval_s": 0.05, **overrides}
     return RefServiceProvider(name, cfg)
 
 

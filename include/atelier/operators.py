@@ -1,0 +1,86 @@
+"""The render operator: one mapped task instance renders one shard.
+
+Sync providers (the local renderer, or remote ones configured ``"deferrable": false``) render in the
+task. Deferrable providers submit a batch of jobs (as many as the provider's in-flight cap allows),
+defer to ProviderJobsTrigger — freeing the worker slot while the provider works (the pool slot stays
+taken: pools count deferred tasks) — and resume to write the results exactly as the sync path does,
+then submit the next batch, until the shard is done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+
+def lease_owner(context: Any) -> str:
+    """Stable across retries of the same task instance, so a retry takes over its own claims."""
+    ti = context["ti"]
+    return f"{context['run_id']}/{ti.task_id}/{ti.map_index}"
+
+
+class RenderShardOperator(BaseOperator):
+    """Renders the shard ``shard`` (a dict from the plan step: campaign_id, shard, label, provider)."""
+
+    template_fields = ("shard",)
+
+    def __init__(self, *, shard: dict[str, Any], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    def execute(self, context: Any) -> dict[str, int]:
+        from atelier import pipeline, providers
+
+        context["shard_label"] = self.shard["label"]
+        res = pipeline.resources_from_airflow()
+        try:
+            if not providers.config(self.shard["provider"]).get("deferrable", False):
+                return pipeline.render_shard(res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context))
+        finally:
+            res.close()
+        return self._next_batch(context, pipeline.new_tally())
+
+    def _next_batch(self, context: Any, tally: dict[str, int]) -> dict[str, int]:
+        from atelier import pipeline, providers
+        from atelier.triggers import MIN_DEFERRAL_S, ProviderJobsTrigger
+
+        res = pipeline.resources_from_airflow()
+        try:
+            batch = pipeline.submit_batch(
+                res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context), tally
+            )
+        finally:
+            res.close()
+        if not batch:
+            return pipeline.finish_tally(self.shard["campaign_id"], self.shard["shard"], tally)
+        cfg = providers.config(self.shard["provider"])
+        tally["deferrals"] = tally.get("deferrals", 0) + 1
+        self.defer(
+            trigger=ProviderJobsTrigger(
+                self.shard["provider"],
+                [j["job_id"] for j in batch],
+                time.time() + float(cfg["job_timeout_s"]),
+                float(cfg["poll_interval_s"]),
+                not_before=time.time() + MIN_DEFERRAL_S,
+            ),
+            method_name="resume",
+            kwargs={"jobs": batch, "tally": tally},
+        )
+        raise AssertionError("unreachable: defer raises")
+
+    def resume(
+        self, context: Any, event: dict[str, Any], jobs: list[dict[str, Any]], tally: dict[str, int]
+    ) -> dict[str, int]:
+        from atelier import pipeline
+
+        context["shard_label"] = self.shard["label"]
+        res = pipeline.resources_from_airflow()
+        try:
+            pipeline.complete_batch(
+                res, self.shard["campaign_id"], lease_owner(context), jobs, event["statuses"], tally
+            )
+        finally:
+            res.close()
+        return self._next_batch(context, tally)

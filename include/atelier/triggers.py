@@ -1,0 +1,92 @@
+"""Deferrable rendering: the trigger that polls a shard's provider jobs in the triggerer.
+
+Importable by the triggerer (the atelier package is installed in its environment). Polling is
+read-only, so the trigger is safe to run twice (a triggerer restart or failover re-runs it); its
+deadline is fixed when the task defers, so a re-run does not extend it.
+
+The trigger never fires sooner than MIN_DEFERRAL_S after the task deferred: with Airflow 3.3.2's
+LocalExecutor, a task resumed within seconds of deferring can be marked up_for_retry by the late
+"finished" event of its own deferring workload (seen here: the supervisor exits ~5 s after the
+deferral). Deferral is for jobs that take long anyway; the wait costs no worker slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+MIN_DEFERRAL_S = 10.0
+
+
+class ProviderJobsTrigger(BaseTrigger):
+    def __init__(
+        self, provider: str, job_ids: list[str], deadline: float, poll_interval: float, not_before: float = 0.0
+    ):
+        super().__init__()
+        self.provider = provider
+        self.job_ids = job_ids
+        self.deadline = deadline
+        self.poll_interval = poll_interval
+        self.not_before = not_before  # epoch seconds: fire no earlier (see MIN_DEFERRAL_S)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "atelier.triggers.ProviderJobsTrigger",
+            {
+                "provider": self.provider,
+                "job_ids": self.job_ids,
+                "deadline": self.deadline,
+                "poll_interval": self.poll_interval,
+                "not_before": self.not_before,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from atelier.providers import get_provider
+
+        provider: Any = get_provider(self.provider)
+        statuses: dict[str, dict[str, Any]] = {}
+        pending = list(self.job_ids)
+        async with httpx.AsyncClient(timeout=provider.timeout, headers=provider.auth_headers()) as client:
+            while pending and time.time() < self.deadline:
+                results = await asyncio.gather(*(self._poll(provider, client, j) for j in pending))
+                still = []
+                for job_id, status in zip(pending, results, strict=True):
+                    if status is not None and status["status"] in ("succeeded", "failed"):
+                        statuses[job_id] = status
+                    else:
+                        still.append(job_id)
+                pending = still
+                if pending:
+                    await asyncio.sleep(self.poll_interval)
+        for job_id in pending:
+            statuses[job_id] = {"status": "unknown", "error": "not finished by the trigger's deadline"}
+        if (wait := self.not_before - time.time()) > 0:
+            await asyncio.sleep(wait)
+        yield TriggerEvent({"statuses": statuses})
+
+    async def _poll(self, provider: Any, client: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
+        """One status request under the shared rate limit and breaker; None = ask again later."""
+        from atelier.resilience import BreakerOpen
+
+        try:
+            probe = await asyncio.to_thread(provider.breaker.allow)
+        except BreakerOpen:
+            return None
+        if provider.limiter is not None:
+            await asyncio.to_thread(provider.limiter.acquire)
+        try:
+            resp = await client.get(provider.base_url + provider.status_path(job_id))
+        except httpx.HTTPError:
+            await asyncio.to_thread(provider.breaker.record, False, probe == "probe")
+            return None
+        healthy = resp.status_code < 500
+        await asyncio.to_thread(provider.breaker.record, healthy, probe == "probe")
+        if resp.status_code != 200:
+            return None
+        return provider.parse_status(resp.json())
