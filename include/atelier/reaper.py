@@ -12,6 +12,7 @@ from atelier.storage import Storage, render_object_key
 
 log = logging.getLogger("atelier.reaper")
 IDLE_S = 300  # a campaign whose renders nobody touched for this long has stalled
+MAX_REDRIVES = 3  # after this many re-drives a stalled campaign is failed, not re-driven forever
 
 
 def reap_expired(conn: Any) -> dict[str, int]:
@@ -39,6 +40,8 @@ class Reconciled:
 def reconcile(conn: Any, storage: Storage, campaign_ids: list[str]) -> Reconciled:
     """Fixes drift between the ledger and S3 for these campaigns, both ways."""
     result = Reconciled()
+    bucket = storage_bucket()
+    listed = storage.list_keys(bucket, "renders/") if campaign_ids else set()
     for cid in campaign_ids:
         camp = ledger.campaign(conn, cid)
         exts = {s["name"]: catalog.FORMATS[s["format"]] for s in camp["specs"]}
@@ -52,19 +55,16 @@ def reconcile(conn: Any, storage: Storage, campaign_ids: list[str]) -> Reconcile
             )
             rows = cur.fetchall()
         conn.rollback()
-        bucket = storage_bucket()
-        keys = {render_object_key(rk, exts[spec]) for _, spec, rk, _, _, _ in rows}
-        present = storage.exists_many(bucket, keys)
         reopen = False
         for sku, spec, rk, state, _, o_key in rows:
             expected = render_object_key(rk, exts[spec])
-            if state in ("succeeded", "skipped") and o_key and not present.get(expected, False):
+            if state in ("succeeded", "skipped") and o_key and expected not in listed:
                 _forget_output(conn, cid, rk)  # S3 lost it: render again
                 result.lost_objects += 1
                 reopen = True
             elif (
                 state in ("pending", "running")
-                and present.get(expected, False)
+                and expected in listed
                 and _adopt(conn, storage, cid, sku, spec, rk, bucket, expected)
             ):
                 result.adopted += 1
@@ -137,21 +137,33 @@ def _adopt(conn: Any, storage: Storage, cid: str, sku: str, spec: str, rk: str, 
     return True
 
 
-def stalled(conn: Any, idle_s: int = IDLE_S) -> list[dict[str, Any]]:
+def stalled(conn: Any, idle_s: int = IDLE_S, max_redrives: int = MAX_REDRIVES) -> list[dict[str, Any]]:
     """Campaigns left unfinished with work to do and no activity for ``idle_s`` seconds, each with
-    the run id and conf of its next re-drive (the counter makes the run id unique and stable)."""
-    with conn.cursor() as cur:
-        cur.execute(
-            """UPDATE campaigns c SET redrives = redrives + 1, updated_at = now()
-               WHERE c.state IN ('registered', 'planned') AND c.dry_run = false
-                 AND c.updated_at < now() - make_interval(secs => %s)
+    the run id and conf of its next re-drive (the counter makes the run id unique and stable).
+    One that was re-driven ``max_redrives`` times already is marked failed instead (e.g. its
+    manifest or images are gone), so nothing is re-driven forever."""
+    stall = """c.state IN ('registered', 'planned') AND c.dry_run = false
+                 AND c.updated_at < now() - make_interval(secs => %(idle)s)
                  AND (c.state = 'registered' OR EXISTS (
                    SELECT 1 FROM renders r WHERE r.campaign_id = c.campaign_id AND r.state IN ('pending', 'running')))
                  AND NOT EXISTS (
                    SELECT 1 FROM renders r WHERE r.campaign_id = c.campaign_id
-                     AND r.updated_at > now() - make_interval(secs => %s))
+                     AND r.updated_at > now() - make_interval(secs => %(idle)s))"""
+    args = {"idle": idle_s, "max": max_redrives}
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""UPDATE campaigns c SET state = 'failed', finished_at = now(), updated_at = now(),
+                  qa = jsonb_build_object('note', 'stalled after ' || c.redrives || ' re-drives')
+                WHERE {stall} AND c.redrives >= %(max)s RETURNING campaign_id""",
+            args,
+        )
+        for (cid,) in cur.fetchall():
+            log.error("campaign %s stalled after %s re-drives: marked failed", cid, max_redrives)
+        cur.execute(
+            f"""UPDATE campaigns c SET redrives = redrives + 1, updated_at = now()
+               WHERE {stall} AND c.redrives < %(max)s
                RETURNING campaign_id, brand, drop_id, manifest_uri, specs, provider, priority, redrives""",
-            (idle_s, idle_s),
+            args,
         )
         rows = cur.fetchall()
     conn.commit()

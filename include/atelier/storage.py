@@ -99,6 +99,13 @@ class Storage:
                 return False
             raise
 
+    def list_keys(self, bucket: str, prefix: str) -> set[str]:
+        """Every key under ``prefix``: 1,000 per request, far cheaper than a HEAD per object."""
+        keys: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.update(o["Key"] for o in page.get("Contents", []))
+        return keys
+
     def exists_many(self, bucket: str, keys: Iterable[str]) -> dict[str, bool]:
         keys = list(keys)
         with ThreadPoolExecutor(FETCH_THREADS) as pool:

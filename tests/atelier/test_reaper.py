@@ -67,3 +67,15 @@ def test_stalled_campaigns_are_redriven_once_per_stall(conn: Any, storage: Stora
     assert [r["run_id"] for r in redrives] == [f"redrive__{cid}__1"]
     assert redrives[0]["conf"]["output_specs"] == [s.name for s in SPECS]
     assert cid not in [r["campaign_id"] for r in stalled(conn, idle_s=300)]  # not again until it stalls again
+
+
+def test_a_campaign_is_not_redriven_forever(conn: Any, storage: Storage, uid: str):
+    cid = campaign(conn, storage, uid)
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE campaigns SET redrives = 3, updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,)
+        )
+        cur.execute("UPDATE renders SET updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,))
+    conn.commit()
+    assert cid not in [r["campaign_id"] for r in stalled(conn, idle_s=300, max_redrives=3)]
+    assert ledger.campaign(conn, cid)["state"] == "failed"
