@@ -11,7 +11,6 @@ import httpx
 from atelier.settings import Settings, settings
 
 DAG_ID = "catalog_drop"
-TERMINAL = {"success", "failed"}
 
 
 class AirflowError(RuntimeError):
