@@ -52,11 +52,6 @@ def config(name: str) -> dict[str, Any]:
     return cfg
 
 
-def capabilities(name: str) -> Capabilities:
-    c = config(name)
-    return Capabilities(int(c["max_in_flight"]), float(c["rps"]), bool(c["idempotency_keys"]), c["mode"])
-
-
 def chain(name: str) -> list[str]:
     """The primary provider followed by its fallbacks, each once."""
     out = [name]
