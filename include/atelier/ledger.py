@@ -292,33 +292,53 @@ class Output:
     served_by: str | None = None
 
 
+def _insert_output(cur: Any, render_key: str, campaign_id: str, out: Output) -> None:
+    cur.execute(
+        """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
+                                qa_reason, campaign_id, served_by)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
+        (
+            render_key,
+            out.bucket,
+            out.key,
+            out.sha256,
+            out.bytes,
+            out.width,
+            out.height,
+            out.format,
+            out.qa_passed,
+            out.qa_reason,
+            campaign_id,
+            out.served_by,
+        ),
+    )
+
+
 def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Output, render_ms: int) -> bool:
     """Records the output (once per render key) and finishes the render; False if our lease was lost."""
     with conn.cursor() as cur:
-        cur.execute(
-            """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
-                                    qa_reason, campaign_id, served_by)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
-            (
-                c.render_key,
-                out.bucket,
-                out.key,
-                out.sha256,
-                out.bytes,
-                out.width,
-                out.height,
-                out.format,
-                out.qa_passed,
-                out.qa_reason,
-                campaign_id,
-                out.served_by,
-            ),
-        )
+        _insert_output(cur, c.render_key, campaign_id, out)
         cur.execute(
             """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, served_by = %s, finished_at = now(),
                  updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
                WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
             (render_ms, out.served_by, campaign_id, c.sku, c.spec, owner),
+        )
+        ok = cur.rowcount == 1
+    conn.commit()
+    return ok
+
+
+def record_adopted(conn: Any, campaign_id: str, sku: str, spec: str, render_key: str, out: Output) -> bool:
+    """Records an output found in S3 that no live worker holds (its writer died before recording)."""
+    with conn.cursor() as cur:
+        _insert_output(cur, render_key, campaign_id, out)
+        cur.execute(
+            """UPDATE renders SET state = 'succeeded', error = NULL, served_by = %s, finished_at = now(),
+                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+               WHERE campaign_id = %s AND sku = %s AND spec = %s
+                 AND (state = 'pending' OR (state = 'running' AND lease_expires_at < now()))""",
+            (out.served_by, campaign_id, sku, spec),
         )
         ok = cur.rowcount == 1
     conn.commit()

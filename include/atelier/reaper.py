@@ -3,6 +3,7 @@ directions, and re-drive campaigns that stalled with work left (a new run of the
 
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,36 +106,21 @@ def _adopt(conn: Any, storage: Storage, cid: str, sku: str, spec: str, rk: str, 
     if meta.get("render-key") != rk:
         log.error("s3://%s/%s has render-key %r, expected %s: not adopted", bucket, key, meta.get("render-key"), rk)
         return False
-    import base64
-
     sha = base64.b64decode(head["ChecksumSHA256"]).hex() if head.get("ChecksumSHA256") else ""
     spec_cfg = catalog.all_specs()[spec]
-    with conn.cursor() as cur:
-        cur.execute(
-            """INSERT INTO outputs (render_key, bucket, key, sha256, bytes, width, height, format, qa_passed,
-                                    campaign_id, served_by)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true, %s, %s) ON CONFLICT (render_key) DO NOTHING""",
-            (
-                rk,
-                bucket,
-                key,
-                sha,
-                head["ContentLength"],
-                spec_cfg.width,
-                spec_cfg.height,
-                spec_cfg.format,
-                cid,
-                meta.get("served-by"),
-            ),
-        )
-        cur.execute(
-            """UPDATE renders SET state = 'succeeded', served_by = %s, lease_owner = NULL, lease_expires_at = NULL,
-                 finished_at = now(), updated_at = now()
-               WHERE campaign_id = %s AND sku = %s AND spec = %s AND state IN ('pending', 'running')""",
-            (meta.get("served-by"), cid, sku, spec),
-        )
-    conn.commit()
-    return True
+    out = ledger.Output(
+        bucket,
+        key,
+        sha,
+        head["ContentLength"],
+        spec_cfg.width,
+        spec_cfg.height,
+        spec_cfg.format,
+        True,
+        None,
+        meta.get("served-by"),
+    )
+    return ledger.record_adopted(conn, cid, sku, spec, rk, out)
 
 
 def stalled(conn: Any, idle_s: int = IDLE_S, max_redrives: int = MAX_REDRIVES) -> list[dict[str, Any]]:
