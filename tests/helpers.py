@@ -42,19 +42,9 @@ def server(args: list[str], health_path: str = "/healthz") -> Iterator[str]:
 
 
 @contextmanager
-def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32) -> Iterator[str]:
-    with server(
-        [
-            "-m",
-            "atelier.cli",
-            "refservice",
-            "serve",
-            "--faults",
-            faults,
-            "--rps",
-            str(rps),
-            "--max-in-flight",
-            str(max_in_flight),
-        ]
-    ) as url:
+def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32, seed: int = 1) -> Iterator[str]:
+    """A reference service with a fixed fault seed, so a test sees the same fault sequence each run."""
+    args = ["-m", "atelier.cli", "refservice", "serve", "--faults", faults, "--rps", str(rps)]
+    args += ["--max-in-flight", str(max_in_flight), "--seed", str(seed)]
+    with server(args) as url:
         yield url

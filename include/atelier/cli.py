@@ -494,7 +494,7 @@ def cmd_refservice_serve(args: argparse.Namespace) -> int:
     from atelier.refservice.app import Faults, Quota, serve
 
     faults = Faults(**json.loads(args.faults)) if args.faults else Faults()
-    serve(args.host, args.port, faults, Quota(rps=args.rps, max_in_flight=args.max_in_flight))
+    serve(args.host, args.port, faults, Quota(rps=args.rps, max_in_flight=args.max_in_flight), seed=args.seed)
     return EXIT_OK
 
 
@@ -555,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=58090)
     sv.add_argument("--rps", type=float, default=50.0, help="server-side quota: requests per second")
     sv.add_argument("--max-in-flight", type=int, default=8, help="server-side quota: concurrent jobs")
+    sv.add_argument("--seed", type=int, help="seed of the fault dice (repeatable fault sequences)")
     sv.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.1, "rate_429": 0.05, "hang_rate": 0.02}')
     sv.set_defaults(func=cmd_refservice_serve)
 

@@ -254,7 +254,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
     return app
 
 
-def serve(host: str, port: int, faults: Faults, quota: Quota) -> None:
+def serve(host: str, port: int, faults: Faults, quota: Quota, seed: int | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(faults, quota), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(faults, quota, seed), host=host, port=port, log_level="warning")
