@@ -83,6 +83,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
     st = State(faults=faults or Faults(), quota=quota or Quota())
     st.tokens, st.tokens_at = st.quota.rps, time.monotonic()
     rng = random.Random(seed)
+    running: set[asyncio.Task[None]] = set()
     renderer = StudioRenderer()
     app.state.atelier = st
 
@@ -96,7 +97,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             return None
         return (1 - st.tokens) / st.quota.rps
 
-    async def chaos(kind: str) -> Response | None:
+    async def chaos() -> Response | None:
         """Applies outage, hang, injected 5xx/429 and latency, in that order."""
         f = st.faults
         if time.time() < f.outage_until:
@@ -164,7 +165,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
     @app.post("/v1/jobs", status_code=202)
     async def submit(request: Request, idempotency_key: str = Header(...)) -> Response:
         st.requests_by_key[idempotency_key] += 1
-        if (early := await chaos("submit")) is not None:
+        if (early := await chaos()) is not None:
             return early
         if idempotency_key in st.by_key:  # same key → same job, no second render
             job = st.jobs[st.by_key[idempotency_key]]
@@ -184,12 +185,15 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
         job = Job(uuid.uuid4().hex, idempotency_key, media_type=f"image/{spec.format.lower()}")
         st.jobs[job.id], st.by_key[idempotency_key] = job, job.id
         st.counts["jobs"] += 1
-        asyncio.get_running_loop().create_task(run_job(job, source, spec, brand))
+        # The loop keeps only weak references to tasks: hold one until the job is done.
+        task = asyncio.get_running_loop().create_task(run_job(job, source, spec, brand))
+        running.add(task)
+        task.add_done_callback(running.discard)
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
 
     @app.get("/v1/jobs/{job_id}")
     async def status(job_id: str) -> Response:
-        if (early := await chaos("status")) is not None:
+        if (early := await chaos()) is not None:
             return early
         job = st.jobs.get(job_id)
         if job is None:
@@ -198,7 +202,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
 
     @app.get("/v1/jobs/{job_id}/result")
     async def result(job_id: str) -> Response:
-        if (early := await chaos("result")) is not None:
+        if (early := await chaos()) is not None:
             return early
         job = st.jobs.get(job_id)
         if job is None:
