@@ -3,34 +3,36 @@ stack's defaults in ``config/local.env`` apply, so the CLI works against ``make 
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "config"
 
 
 def _local_env() -> dict[str, str]:
+    """The values of ``config/local.env`` as ``scripts/stack.sh`` sees them when it sources the file:
+    ``${VAR}`` (and ``${VAR:-default}``) resolve against the file's earlier values, then the process
+    environment; ``ATELIER_ROOT`` is the checkout unless the environment sets it. Quotes are removed,
+    comments and blank lines ignored; a missing file yields only ``ATELIER_ROOT``."""
+    # ATELIER_ROOT goes first, as a line of the file itself, so later lines can interpolate it.
+    root = os.environ.get("ATELIER_ROOT", str(ROOT)).replace("\\", "\\\\").replace("'", "\\'")
+    head = f"ATELIER_ROOT='{root}'\n"
     path = CONFIG_DIR / "local.env"
-    values: dict[str, str] = {"ATELIER_ROOT": str(ROOT)}
-    if not path.exists():
-        return values
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, raw = line.partition("=")
-        raw = raw.strip().strip("'\"")
-        values[key] = re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), ""), raw)
-    return values
+    body = path.read_text() if path.exists() else ""
+    parsed = dotenv_values(stream=io.StringIO(head + body), interpolate=True)
+    return {key: value for key, value in parsed.items() if value is not None}
 
 
 def _get(name: str, default: str = "") -> str:
+    """The environment's value of ``name``, else ``config/local.env``'s, else ``default``."""
     if name in os.environ:
         return os.environ[name]
     return _local_env().get(name, default)
