@@ -12,7 +12,8 @@ from atelier.settings import load_config
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # output format → file extension
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class OutputSpec:
     @property
     def extension(self) -> str:
         return FORMATS[self.format]
+
+    @property
+    def content_type(self) -> str:
+        return MEDIA_TYPES[self.format]
 
     def canonical(self) -> str:
         return json.dumps({"w": self.width, "h": self.height, "f": self.format}, sort_keys=True)
@@ -100,7 +105,30 @@ def run_id_for(campaign: str) -> str:
     return f"drop__{campaign}"
 
 
-def render_key(input_fingerprint: str, spec: OutputSpec, model_version: str) -> str:
-    """One render = input image bytes × output spec × model version, whichever campaign asks."""
-    material = f"{input_fingerprint}|{spec.canonical()}|{model_version}"
+@dataclass(frozen=True)
+class Producer:
+    """Everything besides the input bytes and the output spec that decides a render's bytes: the
+    provider service that made it, the model version it ran and the brand's render settings."""
+
+    service: str
+    model_version: str
+    style: tuple[tuple[str, str], ...]  # the brand's render settings, sorted (name, value) pairs
+
+    def canonical(self) -> str:
+        return json.dumps({"service": self.service, "model": self.model_version, "style": self.style})
+
+
+def render_style(b: Brand) -> tuple[tuple[str, str], ...]:
+    """The brand settings a renderer receives; a change to any of them is a different render."""
+    return (
+        ("backdrop_bottom", b.backdrop_bottom),
+        ("backdrop_top", b.backdrop_top),
+        ("shadow_strength", repr(float(b.shadow_strength))),
+    )
+
+
+def render_key(input_fingerprint: str, spec: OutputSpec, producer: Producer) -> str:
+    """One render = input image bytes × output spec × what produced it (service, model version,
+    brand render settings), whichever campaign asks. Also the provider's Idempotency-Key."""
+    material = f"{input_fingerprint}|{spec.canonical()}|{producer.canonical()}"
     return hashlib.sha256(material.encode()).hexdigest()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atelier import planning
-from atelier.catalog import OutputSpec, render_key
+from atelier.catalog import OutputSpec, Producer, render_key
 from atelier.manifest import Row
 
 LEASE_SECONDS = 900
@@ -109,13 +109,14 @@ def plan_campaign(
     rows: Iterable[Row],
     fingerprints: dict[str, str],
     specs: list[OutputSpec],
-    model_version: str,
+    producer: Producer,
     live_outputs: LiveOutputs,
     requested_shard_size: int = 0,
 ) -> None:
-    """Writes the SKUs and renders of a registered campaign in one transaction, marks renders whose
-    render key already has a live output as skipped (dedup across campaigns and within the drop),
-    and assigns the rest to shards. A campaign that is already planned is left as it is."""
+    """Writes the SKUs and renders of a registered campaign in one transaction, fails the renders of
+    inputs that could not be fingerprinted (with the reason), marks renders whose render key already
+    has a live output as skipped (dedup across campaigns and within the drop), and assigns the rest
+    to shards. A campaign that is already planned is left as it is."""
     with conn.cursor() as cur:
         cur.execute("SELECT state FROM campaigns WHERE campaign_id = %s FOR UPDATE", (campaign_id,))
         got = cur.fetchone()
@@ -124,9 +125,11 @@ def plan_campaign(
         if got[0] != "registered":
             conn.rollback()
             return
-        sku_rows, render_rows = [], []
+        sku_rows, render_rows, unusable = [], [], []
         for row in rows:
             fp = fingerprints[row.image_uri]
+            if not usable_fingerprint(fp):
+                unusable.append((row.sku, f"input {row.image_uri}: {fingerprint_problem(fp)}"))
             sku_rows.append(
                 (
                     campaign_id,
@@ -140,7 +143,7 @@ def plan_campaign(
                 )
             )
             for spec in specs:
-                render_rows.append((campaign_id, row.sku, spec.name, render_key(fp, spec, model_version)))
+                render_rows.append((campaign_id, row.sku, spec.name, render_key(fp, spec, producer)))
         # COPY: 100k SKUs x specs in seconds, inside the same transaction as everything below.
         with cur.copy(
             "COPY skus (campaign_id, sku, row_no, title, category, image_uri, fingerprint, attributes) FROM STDIN"
@@ -153,6 +156,13 @@ def plan_campaign(
         # Fresh statistics for the rows just copied, or the planner picks nested loops over them.
         cur.execute("ANALYZE skus")
         cur.execute("ANALYZE renders")
+        # An input that is missing or could not be read fails its own renders, never the plan.
+        if unusable:
+            cur.executemany(
+                """UPDATE renders SET state = 'failed', error = %s, finished_at = now(), updated_at = now()
+                   WHERE campaign_id = %s AND sku = %s""",
+                [(reason[:2000], campaign_id, sku) for sku, reason in unusable],
+            )
         # Dedup 1: an output for this render key exists (any campaign) and its object is still in S3.
         keys = sorted({r[3] for r in render_rows})
         cur.execute("SELECT render_key, bucket, key FROM outputs WHERE render_key = ANY(%s)", (keys,))
@@ -160,8 +170,9 @@ def plan_campaign(
         if stale:  # the object is gone (e.g. a fresh S3 endpoint): forget it so it is rendered again
             cur.execute("DELETE FROM outputs WHERE render_key = ANY(%s)", (stale,))
         cur.execute(
-            """UPDATE renders r SET state = 'skipped', finished_at = now(), updated_at = now()
-               FROM outputs o WHERE r.campaign_id = %s AND r.render_key = o.render_key""",
+            """UPDATE renders r SET state = 'skipped', output_render_key = o.render_key, finished_at = now(),
+                 updated_at = now()
+               FROM outputs o WHERE r.campaign_id = %s AND r.render_key = o.render_key AND r.state = 'pending'""",
             (campaign_id,),
         )
         # Dedup 2: identical renders inside this drop (same image bytes and spec): render the first only.
@@ -201,6 +212,17 @@ def plan_campaign(
     conn.commit()
 
 
+FINGERPRINT_ERROR = "error:"  # an input that could not be fingerprinted: "error:<reason>"
+
+
+def usable_fingerprint(fp: str) -> bool:
+    return fp != "missing" and not fp.startswith(FINGERPRINT_ERROR)
+
+
+def fingerprint_problem(fp: str) -> str:
+    return "does not exist" if fp == "missing" else fp.removeprefix(FINGERPRINT_ERROR)
+
+
 class LiveOutputs:
     """Decides which recorded outputs still exist in S3 (so dedup never points at a lost object)."""
 
@@ -238,9 +260,11 @@ def open_shards(conn: Any, campaign_id: str) -> list[Shard]:
 class Claimed:
     sku: str
     spec: str
-    render_key: str
+    render_key: str  # the primary provider's key (also its Idempotency-Key)
     image_uri: str
     attempts: int
+    fingerprint: str = ""  # the input content fingerprint taken at plan time
+    job_ref: str | None = None  # a provider job still running for this render ("<service>:<job id>")
 
 
 def claim(
@@ -260,7 +284,7 @@ def claim(
                FROM todo, skus s
                WHERE r.campaign_id = todo.campaign_id AND r.sku = todo.sku AND r.spec = todo.spec
                  AND s.campaign_id = r.campaign_id AND s.sku = r.sku
-               RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts""",
+               RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts, s.fingerprint, r.job_ref""",
             (campaign_id, shard, owner, limit, owner, lease_seconds),
         )
         claimed = sorted((Claimed(*r) for r in cur.fetchall()), key=lambda c: (c.sku, c.spec))
@@ -268,14 +292,31 @@ def claim(
     return claimed
 
 
-def extend_lease(conn: Any, campaign_id: str, owner: str, lease_seconds: int = LEASE_SECONDS) -> None:
+def extend_lease(conn: Any, campaign_id: str, owner: str, lease_seconds: int = LEASE_SECONDS) -> int:
+    """Pushes out the lease of every render ``owner`` still holds; how many it holds."""
     with conn.cursor() as cur:
         cur.execute(
             """UPDATE renders SET lease_expires_at = now() + make_interval(secs => %s)
                WHERE campaign_id = %s AND lease_owner = %s AND state = 'running'""",
             (lease_seconds, campaign_id, owner),
         )
+        n = cur.rowcount
     conn.commit()
+    return n
+
+
+def set_job_ref(conn: Any, campaign_id: str, c: Claimed, owner: str, job_ref: str | None) -> bool:
+    """Records the provider job a render we hold waits on (before the task defers), so a later
+    attempt polls that job instead of creating a second one."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE renders SET job_ref = %s, updated_at = now()
+               WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
+            (job_ref, campaign_id, c.sku, c.spec, owner),
+        )
+        ok = cur.rowcount == 1
+    conn.commit()
+    return ok
 
 
 @dataclass(frozen=True)
@@ -314,19 +355,33 @@ def _insert_output(cur: Any, render_key: str, campaign_id: str, out: Output) -> 
     )
 
 
-def record_success(conn: Any, campaign_id: str, c: Claimed, owner: str, out: Output, render_ms: int) -> bool:
-    """Records the output (once per render key) and finishes the render; False if our lease was lost."""
+def record_success(
+    conn: Any, campaign_id: str, c: Claimed, owner: str, out: Output, render_ms: int, output_key: str | None = None
+) -> bool:
+    """Finishes the render and records its output (keyed ``output_key``: the render key of what
+    actually produced it, the primary's by default) in ONE transaction, only while we still hold the
+    lease. False (nothing written) if the lease was lost: someone else owns the render now."""
+    output_key = output_key or c.render_key
     with conn.cursor() as cur:
-        _insert_output(cur, c.render_key, campaign_id, out)
         cur.execute(
             """UPDATE renders SET state = 'succeeded', error = NULL, render_ms = %s, served_by = %s, finished_at = now(),
-                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, job_ref = NULL,
+                 output_render_key = %s
                WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
-            (render_ms, out.served_by, campaign_id, c.sku, c.spec, owner),
+            (render_ms, out.served_by, output_key, campaign_id, c.sku, c.spec, owner),
         )
-        ok = cur.rowcount == 1
+        if cur.rowcount != 1:
+            conn.rollback()
+            return False
+        _insert_output(cur, output_key, campaign_id, out)
+        # Identical renders of this drop were skipped at plan time: they use the same output.
+        cur.execute(
+            """UPDATE renders SET output_render_key = %s, updated_at = now()
+               WHERE campaign_id = %s AND render_key = %s AND state = 'skipped' AND output_render_key IS NULL""",
+            (output_key, campaign_id, c.render_key),
+        )
     conn.commit()
-    return ok
+    return True
 
 
 def record_adopted(conn: Any, campaign_id: str, sku: str, spec: str, render_key: str, out: Output) -> bool:
@@ -335,7 +390,8 @@ def record_adopted(conn: Any, campaign_id: str, sku: str, spec: str, render_key:
         _insert_output(cur, render_key, campaign_id, out)
         cur.execute(
             """UPDATE renders SET state = 'succeeded', error = NULL, served_by = %s, finished_at = now(),
-                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL
+                 updated_at = now(), lease_owner = NULL, lease_expires_at = NULL, job_ref = NULL,
+                 output_render_key = render_key
                WHERE campaign_id = %s AND sku = %s AND spec = %s
                  AND (state = 'pending' OR (state = 'running' AND lease_expires_at < now()))""",
             (out.served_by, campaign_id, sku, spec),
@@ -349,7 +405,7 @@ def record_failure(conn: Any, campaign_id: str, c: Claimed, owner: str, reason: 
     with conn.cursor() as cur:
         cur.execute(
             """UPDATE renders SET state = 'failed', error = %s, finished_at = now(), updated_at = now(),
-                 lease_owner = NULL, lease_expires_at = NULL
+                 lease_owner = NULL, lease_expires_at = NULL, job_ref = NULL
                WHERE campaign_id = %s AND sku = %s AND spec = %s AND state = 'running' AND lease_owner = %s""",
             (reason[:2000], campaign_id, c.sku, c.spec, owner),
         )
@@ -410,7 +466,7 @@ def results(conn: Any, campaign_id: str) -> Iterator[dict[str, Any]]:
             """SELECT r.sku, r.spec, r.state, r.render_key, r.error, r.attempts, r.render_ms, o.bucket, o.key,
                       o.sha256, o.qa_passed, o.qa_reason, r.state = 'skipped'
                FROM renders r JOIN skus s USING (campaign_id, sku)
-               LEFT JOIN outputs o ON o.render_key = r.render_key
+               LEFT JOIN outputs o ON o.render_key = COALESCE(r.output_render_key, r.render_key)
                WHERE r.campaign_id = %s ORDER BY s.row_no, r.spec""",
             (campaign_id,),
         )

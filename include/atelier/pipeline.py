@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atelier import catalog, ledger, metrics, providers
@@ -28,13 +30,15 @@ from atelier.storage import Storage, StorageError, render_object_key, split_s3
 
 log = logging.getLogger("atelier")
 PRIORITIES = ("low", "normal", "high")
-CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass
 class Resources:
     conn: Any  # DB-API connection to the ledger
     storage: Storage
+    # One ledger connection per task: the lease keeper's renewals and the recording of outcomes
+    # take turns on it (each ledger call is one transaction).
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def close(self) -> None:
         self.conn.close()
@@ -161,7 +165,7 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
             rows,
             fingerprints,
             specs,
-            camp["model_version"],
+            providers.producer(camp["provider"], brand),
             ledger.LiveOutputs(res.storage),
             requested_shard_size,
         )
@@ -202,44 +206,55 @@ def render_with_chain(
     source: bytes,
     spec: OutputSpec,
     brand: catalog.Brand,
-    key: str,
+    key_for: Callable[[str], str],
     wait_s: float = UNAVAILABLE_WAIT_S,
 ) -> tuple[bytes, str]:
-    """Tries the primary, then each fallback. A provider whose circuit is open, or whose retries
-    ran out on transient errors, is passed over; when none is available the render waits (without
-    using up its attempts) for a circuit to half-open. Permanent errors propagate."""
+    """Tries the primary, then each fallback, each with its own render key as idempotency key. A
+    provider whose circuit is open, whose retries ran out on transient errors, or that failed in a
+    way nobody expected (an unknown error counts as transient) is passed over; when none is
+    available the render waits (without using up its attempts) for a circuit to half-open. Bad
+    inputs and permanent provider errors propagate."""
     deadline = time.monotonic() + wait_s
     while True:
         reasons = []
         for provider in chain:
             try:
-                return provider.render(source, spec, brand, key), provider.name
+                return provider.render(source, spec, brand, key_for(provider.name)), provider.name
+            except (BadImage, PermanentError):
+                raise
             except BreakerOpen as exc:
                 reasons.append(str(exc))
             except TransientError as exc:
                 reasons.append(f"{provider.name}: {exc}")
+            except Exception as exc:  # an unknown provider error: try the next, never abort the shard
+                log.warning("provider %s failed unexpectedly: %s: %s", provider.name, type(exc).__name__, exc)
+                reasons.append(f"{provider.name}: unexpected {type(exc).__name__}")
         if time.monotonic() > deadline:
             raise TransientError("no provider available: " + "; ".join(reasons))
         time.sleep(1.0)
 
 
-def _render_sku(
-    chain: list[Provider],
-    storage: Storage,
-    items: list[ledger.Claimed],
-    specs: dict[str, OutputSpec],
-    brand: catalog.Brand,
-) -> list[Rendered]:
-    """One SKU, all its claimed specs; runs in a worker thread, so it does no ledger I/O."""
+def read_input(storage: Storage, c: ledger.Claimed) -> bytes | Rendered:
+    """The input bytes exactly as fingerprinted at plan time, or the render's outcome when they
+    cannot be had: a failure (gone, changed, too big) or unavailable (S3 itself is failing)."""
     try:
-        source = storage.read(items[0].image_uri)
+        return storage.read_fingerprinted(c.image_uri, c.fingerprint)
     except (FileNotFoundError, StorageError) as exc:
-        return [Rendered(c, error=f"input {items[0].image_uri}: {exc}") for c in items]
+        return Rendered(c, error=f"input {c.image_uri}: {exc}")
+    except Exception as exc:  # the store is down, not the input bad: pending again, the task retries
+        return Rendered(c, unavailable=f"input {c.image_uri}: {type(exc).__name__}: {exc}")
+
+
+def _render_sku(ctx: ShardContext, storage: Storage, items: list[ledger.Claimed]) -> list[Rendered]:
+    """One SKU, all its claimed specs; runs in a worker thread, so it does no ledger I/O."""
+    source = read_input(storage, items[0])
+    if isinstance(source, Rendered):
+        return [replace(source, claimed=c) for c in items]
     out = []
     for c in items:
         started = time.perf_counter()
         try:
-            data, served_by = render_with_chain(chain, source, specs[c.spec], brand, c.render_key)
+            data, served_by = render_with_chain(ctx.chain, source, ctx.specs[c.spec], ctx.brand, ctx.keys(c))
         except (BadImage, PermanentError) as exc:
             out.append(Rendered(c, error=f"input {c.image_uri}: {exc}" if isinstance(exc, BadImage) else str(exc)))
             continue
@@ -259,6 +274,7 @@ def new_tally() -> dict[str, int]:
         "written": 0,
         "already_written": 0,
         "fallback": 0,
+        "lease_lost": 0,
     }
 
 
@@ -268,29 +284,45 @@ class ShardContext:
     brand: catalog.Brand
     chain: list[Provider]
     specs: dict[str, OutputSpec]
+    producers: dict[str, catalog.Producer]
+
+    def keys(self, c: ledger.Claimed) -> Callable[[str], str]:
+        """The render key of ``c`` as made by each provider of the chain (the primary's is planned)."""
+
+        def key_for(provider: str) -> str:
+            if provider == self.chain[0].name:
+                return c.render_key
+            return catalog.render_key(c.fingerprint, self.specs[c.spec], self.producers[provider])
+
+        return key_for
 
 
 def shard_context(res: Resources, campaign_id: str) -> ShardContext:
     camp = ledger.campaign(res.conn, campaign_id)
+    brand = catalog.brand(camp["brand"])
+    chain = [get_provider(name) for name in providers.chain(camp["provider"])]
     return ShardContext(
         camp,
-        catalog.brand(camp["brand"]),
-        [get_provider(name) for name in providers.chain(camp["provider"])],
+        brand,
+        chain,
         {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]},
+        {p.name: providers.producer(p.name, brand) for p in chain},
     )
 
 
 def record(
     res: Resources, campaign_id: str, owner: str, ctx: ShardContext, results: list[Rendered], tally: dict[str, int]
 ) -> None:
-    """Writes each rendered output to S3 once and records every outcome: the same for sync shards
-    and for deferred ones resuming after their trigger."""
+    """Writes each rendered output to S3 once, under the render key of the provider that actually
+    made it, and records every outcome only while the lease is still ours: the same for sync shards
+    and for deferred ones resuming after their trigger. A lost lease is logged, not counted."""
     primary = ctx.chain[0].name
     bucket = settings().renders_bucket
     for r in results:
         c, spec = r.claimed, ctx.specs[r.claimed.spec]
         if r.unavailable:
-            ledger.release_one(res.conn, campaign_id, c, owner)
+            with res.lock:
+                ledger.release_one(res.conn, campaign_id, c, owner)
             tally["unavailable"] += 1
             log.warning("render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable)
             continue
@@ -299,51 +331,94 @@ def record(
             check = check_output(r.data, spec.width, spec.height, spec.format)
             failure = None if check.passed else f"quality check ({r.served_by}): {check.reason}"
         if failure is not None or r.data is None:
-            ledger.record_failure(res.conn, campaign_id, c, owner, failure or "no output")
+            with res.lock:
+                ok = ledger.record_failure(res.conn, campaign_id, c, owner, failure or "no output")
+            if not _counted(ok, tally, campaign_id, c):
+                continue
             metrics.render_outcome(r.served_by or primary, "failed")
             tally["failed"] += 1
             log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, failure)
             continue
-        key = render_object_key(c.render_key, spec.extension)
+        served_by = r.served_by or primary
+        output_key = ctx.keys(c)(served_by)
+        key = render_object_key(output_key, spec.extension)
         put = res.storage.put_once(
             bucket,
             key,
             r.data,
-            CONTENT_TYPES[spec.format],
+            spec.content_type,
             {
-                "render-key": c.render_key,
+                "render-key": output_key,
                 "campaign": campaign_id,
                 "sku": c.sku,
                 "spec": spec.name,
-                "model-version": ctx.camp["model_version"],
-                "served-by": r.served_by or "",
+                "model-version": ctx.producers[served_by].model_version,
+                "served-by": served_by,
             },
         )
-        tally["written" if put.created else "already_written"] += 1
-        ledger.record_success(
-            res.conn,
-            campaign_id,
-            c,
-            owner,
-            ledger.Output(
-                bucket, key, put.sha256, len(r.data), spec.width, spec.height, spec.format, True, None, r.served_by
-            ),
-            r.ms,
+        out = ledger.Output(
+            bucket, key, put.sha256, len(r.data), spec.width, spec.height, spec.format, True, None, served_by
         )
-        metrics.render_outcome(r.served_by or primary, "succeeded", r.ms)
+        with res.lock:
+            ok = ledger.record_success(res.conn, campaign_id, c, owner, out, r.ms, output_key)
+        if not _counted(ok, tally, campaign_id, c):
+            continue
+        tally["written" if put.created else "already_written"] += 1
+        metrics.render_outcome(served_by, "succeeded", r.ms)
         tally["succeeded"] += 1
-        tally["fallback"] += int(r.served_by != primary)
-    ledger.extend_lease(res.conn, campaign_id, owner)
+        tally["fallback"] += int(served_by != primary)
 
 
-def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> dict[str, int]:
+def _counted(ok: bool, tally: dict[str, int], campaign_id: str, c: ledger.Claimed) -> bool:
+    if not ok:
+        tally["lease_lost"] += 1
+        log.warning(
+            "lease lost campaign=%s sku=%s spec=%s: another worker owns it; not counted", campaign_id, c.sku, c.spec
+        )
+    return ok
+
+
+class LeaseKeeper:
+    """Renews the leases a worker holds on a timer while it works, so a slow SKU (several specs
+    waiting for in-flight slots) never outlives its lease while its worker is alive."""
+
+    def __init__(self, res: Resources, campaign_id: str, owner: str, lease_s: int, every_s: float | None = None):
+        self.res, self.campaign_id, self.owner, self.lease_s = res, campaign_id, owner, lease_s
+        self.every_s = every_s if every_s is not None else lease_s / 4
+        self.stop = threading.Event()
+        self.renewals = 0
+        self.thread = threading.Thread(target=self._run, name=f"lease-{owner}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                with self.res.lock:
+                    ledger.extend_lease(self.res.conn, self.campaign_id, self.owner, self.lease_s)
+                self.renewals += 1
+            except Exception:  # the ledger is down: the leases may lapse and a retry takes over
+                log.exception("could not renew the leases of %s", self.owner)
+                with suppress(Exception), self.res.lock:
+                    self.res.conn.rollback()
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def render_shard(
+    res: Resources, campaign_id: str, shard: int, owner: str, lease_s: int = ledger.LEASE_SECONDS
+) -> dict[str, int]:
     """Claims the shard's renders, renders them through the campaign's provider chain, writes each
     output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
     the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
-    S3) releases the claims and raises so the task is retried."""
+    S3) cancels the shard's queued work, releases the claims and raises so the task is retried."""
     announce_worker(owner)
     ctx = shard_context(res, campaign_id)
-    claimed = ledger.claim(res.conn, campaign_id, shard, owner)
+    claimed = ledger.claim(res.conn, campaign_id, shard, owner, lease_s)
     by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
     for c in claimed:
         by_sku[c.sku].append(c)
@@ -353,20 +428,20 @@ def render_shard(res: Resources, campaign_id: str, shard: int, owner: str) -> di
     # by all workers through Redis). The local renderer is CPU bound: one at a time per task.
     caps = ctx.chain[0].capabilities
     threads = 1 if caps.mode == "sync" else max(1, min(8, caps.max_in_flight))
+    pool = ThreadPoolExecutor(threads)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            futures = [
-                pool.submit(_render_sku, ctx.chain, res.storage, items, ctx.specs, ctx.brand)
-                for items in by_sku.values()
-            ]
+        with LeaseKeeper(res, campaign_id, owner, lease_s):
+            futures = [pool.submit(_render_sku, ctx, res.storage, items) for items in by_sku.values()]
             for future in as_completed(futures):
                 record(res, campaign_id, owner, ctx, future.result(), tally)
-    except Exception:
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # no work whose result would be thrown away
         released = _release_quietly(res, campaign_id, owner)
         log.exception(
             "shard %s of %s hit an infrastructure error; released %s claims for the retry", shard, campaign_id, released
         )
         raise
+    pool.shutdown()
     return finish_tally(campaign_id, shard, tally)
 
 
@@ -384,12 +459,15 @@ def submit_batch(
     res: Resources, campaign_id: str, shard: int, owner: str, tally: dict[str, int]
 ) -> list[dict[str, Any]]:
     """Deferred shards: claims as many renders as the primary has free in-flight slots and submits
-    them as jobs (the render key is the idempotency key). Renders the primary cannot take now go
-    through the fallbacks at once. Returns the submitted jobs (JSON-able, for the trigger); []
-    when the shard has nothing left."""
+    them as jobs (the render key is the idempotency key). A render that already has a job from an
+    earlier batch (its trigger ran out of time) resumes polling that job instead of creating, and
+    paying for, a second one; each new job id is in the ledger before the task defers. Renders the
+    primary cannot take now go through the fallbacks at once. Returns the jobs (JSON-able, for the
+    trigger); [] when the shard has nothing left."""
     announce_worker(owner)
     ctx = shard_context(res, campaign_id)
     primary: Any = ctx.chain[0]
+    service = ctx.producers[primary.name].service
     tokens = [t for t in [primary.in_flight.acquire(timeout=120)] if t]
     while tokens and len(tokens) < primary.capabilities.max_in_flight:
         more = primary.in_flight.acquire(timeout=0)
@@ -402,36 +480,42 @@ def submit_batch(
     tally["claimed"] += len(claimed)
     jobs: list[dict[str, Any]] = []
     done: list[Rendered] = []
-    sources: dict[str, bytes] = {}
+    sources: dict[str, bytes | Rendered] = {}
     for c, token in zip(claimed, tokens + [""] * len(claimed), strict=False):
         spec = ctx.specs[c.spec]
+        job = {
+            "sku": c.sku,
+            "spec": c.spec,
+            "render_key": c.render_key,
+            "image_uri": c.image_uri,
+            "attempts": c.attempts,
+            "fingerprint": c.fingerprint,
+            "slot": token,
+        }
         try:
             if c.attempts > MAX_ATTEMPTS:
                 raise PermanentError(f"gave up after {c.attempts - 1} attempts without an outcome")
-            if c.image_uri not in sources:
-                sources[c.image_uri] = res.storage.read(c.image_uri)
-            source = sources[c.image_uri]
             if not token:
                 raise TransientError("no in-flight slot")
-            job_id = primary.submit(source, spec, ctx.brand, c.render_key)
-            jobs.append(
-                {
-                    "sku": c.sku,
-                    "spec": c.spec,
-                    "render_key": c.render_key,
-                    "image_uri": c.image_uri,
-                    "attempts": c.attempts,
-                    "job_id": job_id,
-                    "slot": token,
-                }
-            )
-            continue
-        except (FileNotFoundError, StorageError, PermanentError) as exc:
-            done.append(
-                Rendered(c, error=f"input {c.image_uri}: {exc}" if not isinstance(exc, PermanentError) else str(exc))
-            )
+            ref_service, _, ref_job = (c.job_ref or "").partition(":")
+            if ref_job and ref_service == service:
+                jobs.append({**job, "job_id": ref_job})  # still running at the provider: poll it again
+                continue
+            if c.image_uri not in sources:
+                sources[c.image_uri] = read_input(res.storage, c)
+            source = sources[c.image_uri]
+            if isinstance(source, Rendered):
+                done.append(replace(source, claimed=c))
+            else:
+                job_id = primary.submit(source, spec, ctx.brand, c.render_key)
+                ledger.set_job_ref(res.conn, campaign_id, c, owner, f"{service}:{job_id}")
+                jobs.append({**job, "job_id": job_id})
+                continue
+        except PermanentError as exc:
+            done.append(Rendered(c, error=str(exc)))
         except (BreakerOpen, TransientError) as exc:
-            done.append(_fallback(ctx, sources.get(c.image_uri), c, spec, exc))
+            source = sources.get(c.image_uri)
+            done.append(_fallback(ctx, source if isinstance(source, bytes) else None, c, spec, exc))
         if token:
             primary.in_flight.release(token)
     record(res, campaign_id, owner, ctx, done, tally)
@@ -444,7 +528,7 @@ def _fallback(ctx: ShardContext, source: bytes | None, c: ledger.Claimed, spec: 
         return Rendered(c, unavailable=f"{ctx.chain[0].name}: {why}")
     started = time.perf_counter()
     try:
-        data, by = render_with_chain(ctx.chain[1:], source, spec, ctx.brand, c.render_key, wait_s=0)
+        data, by = render_with_chain(ctx.chain[1:], source, spec, ctx.brand, ctx.keys(c), wait_s=0)
     except (BadImage, PermanentError) as exc:
         return Rendered(c, error=str(exc))
     except TransientError as exc:
@@ -461,13 +545,15 @@ def complete_batch(
     tally: dict[str, int],
 ) -> None:
     """Deferred shards, on resume: fetches finished jobs' results and records every outcome as the
-    sync path does; jobs the trigger saw unfinished go back to pending (re-submitting the same key
-    finds the same job, so the provider never renders it twice)."""
+    sync path does; jobs the trigger saw unfinished go back to pending with their job id kept, so
+    the next batch polls the same job (never a second one)."""
     ctx = shard_context(res, campaign_id)
     primary: Any = ctx.chain[0]
     results = []
     for j in jobs:
-        c = ledger.Claimed(j["sku"], j["spec"], j["render_key"], j["image_uri"], j["attempts"])
+        c = ledger.Claimed(
+            j["sku"], j["spec"], j["render_key"], j["image_uri"], j["attempts"], j.get("fingerprint", ""), None
+        )
         status = statuses.get(j["job_id"], {"status": "unknown", "error": "no status"})
         try:
             if status["status"] == "succeeded":
@@ -478,8 +564,8 @@ def complete_batch(
                 results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {status.get('error')}"))
         except PermanentError as exc:
             results.append(Rendered(c, error=str(exc)))
-        except (BreakerOpen, TransientError) as exc:
-            results.append(Rendered(c, unavailable=str(exc)))
+        except Exception as exc:  # the result could not be fetched now: poll/fetch again next batch
+            results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {exc}"))
         finally:
             primary.in_flight.release(j["slot"])
     record(res, campaign_id, owner, ctx, results, tally)
@@ -496,8 +582,9 @@ def announce_worker(owner: str) -> None:
 
 def _release_quietly(res: Resources, campaign_id: str, owner: str) -> int:
     try:
-        res.conn.rollback()
-        return ledger.release(res.conn, campaign_id, owner)
+        with res.lock:
+            res.conn.rollback()
+            return ledger.release(res.conn, campaign_id, owner)
     except Exception:  # the ledger itself is down: the leases expire and the retry reclaims them
         log.exception("could not release claims of %s", owner)
         return 0

@@ -26,6 +26,10 @@ class StorageError(RuntimeError):
     """An S3 or HTTP read/write failed in a way that retrying will not fix."""
 
 
+class InputChanged(StorageError):
+    """An input's bytes are not the ones fingerprinted when the drop was planned."""
+
+
 def split_s3(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
     if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
@@ -90,6 +94,35 @@ class Storage:
             raise StorageError(f"{uri} is larger than {max_bytes} bytes")
         return data
 
+    def read_fingerprinted(self, uri: str, fingerprint: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+        """Reads exactly the input that was fingerprinted at plan time: an S3 object only if its ETag
+        still matches (``If-Match``), an https image only if its bytes hash to the fingerprint.
+        Raises InputChanged when the content changed since planning."""
+        if fingerprint.startswith("sha256:"):
+            data = fetch_https(uri, max_bytes)
+            if "sha256:" + hashlib.sha256(data).hexdigest() != fingerprint:
+                raise InputChanged(f"{uri} changed since the drop was planned; trigger the drop again")
+            return data
+        if not fingerprint.startswith("etag:"):
+            raise FileNotFoundError(f"{uri} had no usable content when the drop was planned ({fingerprint})")
+        etag, _, size = fingerprint.removeprefix("etag:").rpartition(":")
+        bucket, key = split_s3(uri)
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')["Body"]
+        except Exception as exc:
+            code = _error_code(exc)
+            if code in ("PreconditionFailed", "412"):
+                raise InputChanged(f"{uri} changed since the drop was planned; trigger the drop again") from exc
+            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise FileNotFoundError(f"{uri} was deleted after the drop was planned") from exc
+            raise
+        data = body.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise StorageError(f"{uri} is larger than {max_bytes} bytes")
+        if str(len(data)) != size:
+            raise InputChanged(f"{uri} changed since the drop was planned (size {size} → {len(data)})")
+        return data
+
     def exists(self, bucket: str, key: str) -> bool:
         try:
             self.client.head_object(Bucket=bucket, Key=key)
@@ -114,7 +147,8 @@ class Storage:
     def fingerprints(self, uris: Iterable[str]) -> dict[str, str]:
         """A content fingerprint per input image without downloading it: S3's ETag (the MD5 of
         the bytes for single-part uploads) and size, listed in bulk per prefix; https images are
-        hashed after a safe download."""
+        hashed after a safe download. An input that cannot be read gets ``error:<reason>`` (it fails
+        its own renders at plan time, not the whole plan)."""
         wanted: dict[tuple[str, str], set[str]] = {}
         result: dict[str, str] = {}
         https: list[str] = []
@@ -223,4 +257,8 @@ def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
 
 
 def _https_fingerprint(uri: str) -> str:
-    return "sha256:" + hashlib.sha256(fetch_https(uri)).hexdigest()
+    try:
+        return "sha256:" + hashlib.sha256(fetch_https(uri)).hexdigest()
+    except Exception as exc:  # any failure is this input's problem, recorded on its renders
+        reason = str(exc) if isinstance(exc, StorageError) else f"download failed ({type(exc).__name__})"
+        return f"error:{reason[:500]}"

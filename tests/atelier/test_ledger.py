@@ -12,6 +12,7 @@ from atelier.storage import Storage
 
 SPECS = catalog.resolve_specs(["thumb_320", "bench_small_128"])
 MODEL = "test-model/1"
+PRODUCER = catalog.Producer("studio", MODEL, ())
 
 
 def rows(n: int, prefix: str = "S") -> list[Row]:
@@ -24,7 +25,7 @@ def new_campaign(conn: Any, storage: Storage, uid: str, items: list[Row], fps: d
         conn,
         ledger.NewCampaign(cid, "brand", uid, "s3://in/m.csv", "0" * 64, SPECS, "studio", MODEL, "normal", False, None),
     )
-    ledger.plan_campaign(conn, cid, items, fps, SPECS, MODEL, ledger.LiveOutputs(storage), size)
+    ledger.plan_campaign(conn, cid, items, fps, SPECS, PRODUCER, ledger.LiveOutputs(storage), size)
     return cid
 
 
@@ -48,7 +49,7 @@ def test_plan_shards_and_renders(conn: Any, storage: Storage, uid: str):
     assert [s.skus for s in shards] == [20] * 5
     assert ledger.state_counts(conn, cid)["pending"] == 200
     # planning again changes nothing
-    ledger.plan_campaign(conn, cid, items, {}, SPECS, MODEL, ledger.LiveOutputs(storage))
+    ledger.plan_campaign(conn, cid, items, {}, SPECS, PRODUCER, ledger.LiveOutputs(storage))
     assert ledger.state_counts(conn, cid)["pending"] == 200
 
 
@@ -107,3 +108,48 @@ def test_dedup_across_campaigns_only_when_the_object_still_exists(conn: Any, sto
     second = new_campaign(conn, storage, uid + "b", items, fps)
     counts = ledger.state_counts(conn, second)
     assert counts["skipped"] == 4 and counts["pending"] == 2
+
+
+def test_an_output_is_written_only_with_a_lease_still_held(conn: Any, storage: Storage, uid: str):
+    """A worker whose lease expired and was taken over records nothing: no render state, no output
+    row (the output insert and the lease-checked update are one transaction)."""
+    items = rows(1, uid)
+    cid = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}-{r.sku}" for r in items}, size=10)
+    slow = ledger.claim(conn, cid, 0, "slow", lease_seconds=0)[0]
+    ledger.claim(conn, cid, 0, "fresh")  # the lease had expired: another worker owns the render now
+    out = ledger.Output("b1", f"late-{uid}", "sha", 1, 1, 1, "PNG", True, None, "studio")
+    assert not ledger.record_success(conn, cid, slow, "slow", out, 5)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM outputs WHERE render_key = %s", (slow.render_key,))
+        assert cur.fetchone()[0] == 0
+    conn.rollback()
+    assert ledger.state_counts(conn, cid)["running"] == 2
+
+
+def test_a_fallback_output_is_filed_under_its_own_key(conn: Any, storage: Storage, bucket: str, uid: str):
+    """Outputs are keyed by what made them: a later campaign on the primary does not reuse a
+    fallback's output, and a duplicate skipped inside the drop uses the output its twin got."""
+    items = rows(2, uid)
+    fps = {r.image_uri: f"same-{uid}" for r in items}  # two SKUs, identical packshots
+    first = new_campaign(conn, storage, uid, items, fps, size=10)
+    assert ledger.state_counts(conn, first)["skipped"] == 2
+    for i, c in enumerate(ledger.claim(conn, first, 0, "w")):
+        key = f"fb-{uid}-{i}"
+        storage.client.put_object(Bucket=bucket, Key=key, Body=b"x")
+        out = ledger.Output(bucket, key, "s", 1, 1, 1, "PNG", True, None, "fallback")
+        assert ledger.record_success(conn, first, c, "w", out, 1, output_key=f"fallback-{c.render_key}")
+    by_sku = {(r["sku"], r["spec"]): r for r in ledger.results(conn, first)}
+    assert all(r["output_key"] for r in by_sku.values())  # the skipped twin points at the fallback output
+    second = new_campaign(conn, storage, uid + "b", items, fps)
+    assert ledger.state_counts(conn, second)["pending"] == 2  # the primary never made these
+
+
+def test_an_unreadable_input_fails_its_own_renders_not_the_plan(conn: Any, storage: Storage, uid: str):
+    items = rows(3, uid)
+    fps = {r.image_uri: f"fp-{uid}-{r.sku}" for r in items}
+    fps[items[1].image_uri] = "error:GET https://img.example/x.jpg answered 404"
+    fps[items[2].image_uri] = "missing"
+    cid = new_campaign(conn, storage, uid, items, fps, size=10)
+    assert ledger.state_counts(conn, cid) == {"pending": 2, "running": 0, "succeeded": 0, "failed": 4, "skipped": 0}
+    errors = {r["sku"]: r["error"] for r in ledger.results(conn, cid) if r["state"] == "failed"}
+    assert "answered 404" in errors[items[1].sku] and "does not exist" in errors[items[2].sku]

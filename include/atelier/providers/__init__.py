@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
-from atelier.catalog import Brand, OutputSpec
+from atelier.catalog import Brand, OutputSpec, Producer, render_style
 from atelier.settings import load_config
 
 
@@ -84,3 +84,9 @@ def model_version(name: str) -> str:
     if c["kind"] == "studio":
         return get_provider(name).model_version
     return str(c["model_version"])
+
+
+def producer(name: str, brand: Brand) -> Producer:
+    """What a render by provider ``name`` for ``brand`` is keyed by. Provider entries that reach the
+    same service with the same model (refservice, refservice_deferred) make the same bytes."""
+    return Producer(str(config(name).get("service", name)), model_version(name), render_style(brand))
