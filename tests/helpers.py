@@ -43,7 +43,15 @@ def server(args: list[str], health_path: str = "/healthz") -> Iterator[str]:
 
 @contextmanager
 def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32, seed: int = 1) -> Iterator[str]:
-    """A reference service with a fixed fault seed, so a test sees the same fault sequence each run."""
+    """A reference service with a fixed fault seed, so a test sees the same fault sequence each run.
+    Its admin token is the environment's (the stack's), or one made for this test process; callers
+    send ``atelier.refservice.admin_headers()``."""
+    import os
+    import secrets
+
+    from atelier.refservice import ADMIN_TOKEN_ENV
+
+    os.environ.setdefault(ADMIN_TOKEN_ENV, secrets.token_hex(16))
     args = ["-m", "atelier.cli", "refservice", "serve", "--faults", faults, "--rps", str(rps)]
     args += ["--max-in-flight", str(max_in_flight), "--seed", str(seed)]
     with server(args) as url:
