@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from atelier.settings import Settings, settings
 
@@ -17,23 +18,35 @@ class AirflowError(RuntimeError):
     pass
 
 
+LOGIN_ATTEMPTS = 30  # x LOGIN_WAIT_S: about a minute for a starting api-server to answer
+LOGIN_WAIT_S = 2.0
+
+
 def token(cfg: Settings) -> str:
-    """A JWT from the api-server (POST /auth/token), retried while the server starts."""
-    last: Exception | None = None
-    for _ in range(30):
-        try:
-            resp = httpx.post(
-                f"{cfg.airflow_url}/auth/token",
-                timeout=10,
-                json={"username": cfg.airflow_user, "password": cfg.airflow_password},
-            )
-            if resp.status_code in (200, 201):
-                return resp.json()["access_token"]
-            raise AirflowError(f"POST /auth/token answered {resp.status_code}: {resp.text[:200]}")
-        except (httpx.TransportError, AirflowError) as exc:
-            last = exc
-            time.sleep(2)
-    raise AirflowError(f"cannot log in to Airflow at {cfg.airflow_url}: {last}")
+    """A JWT from the api-server (POST /auth/token). Connection errors and non-2xx answers are
+    retried every ``LOGIN_WAIT_S`` for ``LOGIN_ATTEMPTS`` tries while the server starts; then
+    ``AirflowError`` names the URL and the last failure."""
+
+    def login() -> str:
+        resp = httpx.post(
+            f"{cfg.airflow_url}/auth/token",
+            timeout=10,
+            json={"username": cfg.airflow_user, "password": cfg.airflow_password},
+        )
+        if resp.status_code in (200, 201):
+            return resp.json()["access_token"]
+        raise AirflowError(f"POST /auth/token answered {resp.status_code}: {resp.text[:200]}")
+
+    retrying = Retrying(
+        stop=stop_after_attempt(LOGIN_ATTEMPTS),
+        wait=wait_fixed(LOGIN_WAIT_S),
+        retry=retry_if_exception_type((httpx.TransportError, AirflowError)),
+    )
+    try:
+        return retrying(login)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        raise AirflowError(f"cannot log in to Airflow at {cfg.airflow_url}: {last}") from last
 
 
 @dataclass
