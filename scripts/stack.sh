@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The local, Docker-free Atelier stack: Postgres, Redis, moto's S3 server and Airflow 3 (LocalExecutor).
-# Usage: scripts/stack.sh up|down|status|env|exec CMD... (exec: run CMD with the stack's environment). Idempotent; all state lives in .state/ (git-ignored);
-# `down` stops only the processes whose pid files `up` wrote.
+# The local, Docker-free Atelier stack: Postgres, Redis, moto's S3 server, the reference service and
+# Airflow 3 (LocalExecutor).
+# Usage: scripts/stack.sh up|down|status|env|exec CMD...|run PROGRAM
+#   up      idempotent: starts what is not running, in dependency order, and waits for each.
+#   down    stops exactly what up started: supervisord and its programs, then Postgres.
+#   status  each program's state, pid, uptime and restart count.
+#   exec    runs CMD with the stack's environment.
+#   run     (used by supervisord) execs one program in the foreground with the stack's environment.
+# Postgres runs under pg_ctl (it has its own postmaster); everything else runs under supervisord
+# (config/supervisord.conf), which restarts a program that exits. All state lives in .state/.
 set -euo pipefail
 ATELIER_ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 export ATELIER_ROOT
@@ -15,6 +22,8 @@ PIDS="$STATE/pids"
 LOGS="$STATE/logs"
 PGDATA="$STATE/pg/data"
 PGBIN=""
+SUPERVISOR_CONF="$ATELIER_ROOT/config/supervisord.conf"
+PROGRAMS=(redis s3 refservice api-server scheduler dag-processor triggerer)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -38,8 +47,6 @@ ensure_packages() {
   fi
 }
 
-alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
-
 wait_for() { # name, seconds, command...
   local name=$1 secs=$2; shift 2
   for _ in $(seq 1 "$secs"); do
@@ -47,6 +54,22 @@ wait_for() { # name, seconds, command...
     sleep 1
   done
   log "$name did not become ready in ${secs}s; see $LOGS"; return 1
+}
+
+load_secrets() { if [ -f "$STATE/secrets.env" ]; then set -a; source "$STATE/secrets.env"; set +a; fi; }
+
+ensure_secrets() {
+  # Generated once per checkout, before anything starts: every program reads them when it starts.
+  if [ ! -f "$STATE/secrets.env" ]; then
+    umask 077
+    {
+      echo "AIRFLOW__API_AUTH__JWT_SECRET=$(openssl rand -hex 32)"
+      echo "AIRFLOW__API__SECRET_KEY=$(openssl rand -hex 32)"
+      echo "AIRFLOW__CORE__FERNET_KEY=$("$VENV/bin/python" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
+    } > "$STATE/secrets.env"
+    umask 022
+  fi
+  load_secrets
 }
 
 start_postgres() {
@@ -79,31 +102,43 @@ CONF
   done
 }
 
+sctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
+
+supervisord_running() { sctl pid >/dev/null 2>&1; }
+
+start_supervisord() {
+  if supervisord_running; then
+    # Apply edits of config/supervisord.conf (a changed program is stopped and re-added; it is
+    # started again below). With the file unchanged this changes nothing.
+    sctl update >/dev/null
+  else
+    "$VENV/bin/supervisord" -c "$SUPERVISOR_CONF" </dev/null >>"$LOGS/supervisord.out" 2>&1
+    wait_for supervisord 20 supervisord_running
+  fi
+}
+
+start_program() { # name (or group:*): start under supervisord unless running; waits startsecs
+  local out
+  if ! out=$(sctl start "$1" 2>&1); then
+    log "supervisord could not start $1: $out (see $LOGS/)"; return 1
+  fi
+  case "$out" in *"already started"*|"") ;; *) log "$out" ;; esac
+}
+
 start_redis() {
-  alive redis && return 0
   mkdir -p "$STATE/redis"
-  redis-server --port "$ATELIER_REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" --daemonize yes \
-    --pidfile "$PIDS/redis.pid" --logfile "$LOGS/redis.log" --appendonly yes --save "" >/dev/null
+  start_program redis
   wait_for redis 20 redis-cli -p "$ATELIER_REDIS_PORT" ping
 }
 
-spawn() { # name, command... : start in the background with a pid file, unless already running
-  local name=$1; shift
-  alive "$name" && return 0
-  nohup "$@" >>"$LOGS/$name.log" 2>&1 &
-  echo $! > "$PIDS/$name.pid"
-}
-
 start_s3() {
-  spawn s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$ATELIER_S3_PORT"
+  start_program s3
   wait_for "moto S3" 30 curl -sf "$ATELIER_S3_ENDPOINT/moto-api/"
   "$VENV/bin/atelier" storage init
 }
 
 start_refservice() {
-  # The reference inference service (a second, remote provider). Its quota is what
-  # config/providers.json tells clients, with headroom: rps 50 vs 40, 8 jobs in flight vs 6.
-  spawn refservice "$VENV/bin/atelier" refservice serve --port "$ATELIER_REFSERVICE_PORT" --rps 50 --max-in-flight 8
+  start_program refservice
   wait_for refservice 30 curl -sf "http://127.0.0.1:$ATELIER_REFSERVICE_PORT/healthz"
 }
 
@@ -111,45 +146,34 @@ start_airflow() {
   mkdir -p "$AIRFLOW_HOME"
   # Login for the UI and the REST API (simple auth manager): admin / admin, local only.
   [ -f "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" ] || echo '{"admin": "admin"}' > "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
-  if [ ! -f "$STATE/secrets.env" ]; then
-    umask 077
-    {
-      echo "AIRFLOW__API_AUTH__JWT_SECRET=$(openssl rand -hex 32)"
-      echo "AIRFLOW__API__SECRET_KEY=$(openssl rand -hex 32)"
-      echo "AIRFLOW__CORE__FERNET_KEY=$("$VENV/bin/python" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')"
-    } > "$STATE/secrets.env"
-    umask 022
-  fi
-  set -a; source "$STATE/secrets.env"; set +a
   log "migrating Airflow's metadata database"
   "$VENV/bin/airflow" db migrate >>"$LOGS/airflow-init.log" 2>&1
   "$VENV/bin/airflow" pools import "$ATELIER_ROOT/config/pools.json" >>"$LOGS/airflow-init.log" 2>&1
-  spawn api-server "$VENV/bin/airflow" api-server
-  spawn scheduler "$VENV/bin/airflow" scheduler
-  spawn dag-processor "$VENV/bin/airflow" dag-processor
-  spawn triggerer "$VENV/bin/airflow" triggerer
+  start_program 'airflow:*'
   wait_for "Airflow api-server" 120 curl -sf "$ATELIER_AIRFLOW_URL/api/v2/monitor/health"
 }
 
-up() {
-  [ -x "$VENV/bin/atelier" ] || { log "no virtualenv: run 'make venv' first"; exit 1; }
-  ensure_packages
-  mkdir -p "$PIDS" "$LOGS"
-  start_postgres
-  start_redis
-  "$VENV/bin/atelier" db migrate
-  start_s3
-  start_refservice
-  start_airflow
-  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT"
+run_program() { # name: exec one program in the foreground (supervisord's command for it)
+  load_secrets
+  case "$1" in
+    # Foreground, logging to stdout: supervisord owns the process and its log.
+    redis) exec redis-server --port "$ATELIER_REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
+      --daemonize no --logfile "" --appendonly yes --save "" ;;
+    s3) exec "$VENV/bin/moto_server" -H 127.0.0.1 -p "$ATELIER_S3_PORT" ;;
+    # The reference inference service (a second, remote provider). Its quota is what
+    # config/providers.json tells clients, with headroom: rps 50 vs 40, 8 jobs in flight vs 6.
+    refservice) exec "$VENV/bin/atelier" refservice serve --port "$ATELIER_REFSERVICE_PORT" --rps 50 --max-in-flight 8 ;;
+    api-server|scheduler|dag-processor|triggerer) exec "$VENV/bin/airflow" "$1" ;;
+    *) echo "unknown program: $1" >&2; exit 2 ;;
+  esac
 }
 
-stop_pid() {
+stop_pid() { # name: stop a process a pre-supervisord `up` started with a pid file
   local name=$1 f="$PIDS/$1.pid"
   [ -f "$f" ] || return 0
   local pid; pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null; then
-    # Airflow components fork children (task supervisors, gunicorn/uvicorn workers): stop the group.
+    log "stopping $name (pid $pid), started without supervisord"
     pkill -TERM -P "$pid" 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -158,12 +182,38 @@ stop_pid() {
   rm -f "$f"
 }
 
+stop_unsupervised() {
+  # Earlier versions of this script started each program itself with a pid file: stop those once
+  # so that supervisord can take over their ports.
+  local name
+  for name in "${PROGRAMS[@]}"; do stop_pid "$name"; done
+}
+
+up() {
+  [ -x "$VENV/bin/atelier" ] || { log "no virtualenv: run 'make venv' first"; exit 1; }
+  [ -x "$VENV/bin/supervisord" ] || { log "no supervisord in $VENV: run 'make venv'"; exit 1; }
+  ensure_packages
+  mkdir -p "$PIDS" "$LOGS"
+  ensure_secrets
+  stop_unsupervised
+  start_postgres
+  start_supervisord
+  start_redis
+  "$VENV/bin/atelier" db migrate
+  start_s3
+  start_refservice
+  start_airflow
+  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT; make status"
+}
+
 down() {
-  for name in scheduler triggerer dag-processor api-server refservice s3; do stop_pid "$name"; done
-  if [ -f "$PIDS/redis.pid" ]; then
-    redis-cli -p "$ATELIER_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || stop_pid redis
-    rm -f "$PIDS/redis.pid"
+  if supervisord_running; then
+    local spid; spid=$(sctl pid)
+    # Stops every program (its whole process group), then supervisord exits.
+    sctl shutdown >/dev/null
+    for _ in $(seq 1 240); do kill -0 "$spid" 2>/dev/null || break; sleep 0.5; done
   fi
+  stop_unsupervised
   if [ -f "$PIDS/postgres.pid.note" ]; then
     PGBIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
     [ -n "$PGBIN" ] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null 2>&1 || true
@@ -172,18 +222,43 @@ down() {
   log "down"
 }
 
+restart_counts() {
+  # supervisord does not count restarts: a restart is a "spawned" of a program whose previous
+  # process "exited" by itself (a requested stop logs "stopped" instead), counted since the
+  # running supervisord started. Prints "name count" lines.
+  awk '
+    /supervisord started with pid/ { split("", exited); split("", n); next }
+    $4 == "exited:" { exited[$5] = 1 }
+    $4 == "stopped:" { exited[$5] = 0 }
+    $4 == "spawned:" { p = $5; gsub("\047", "", p); if (exited[p]) { n[p]++; exited[p] = 0 } }
+    END { for (p in n) print p, n[p] }
+  ' "$LOGS/supervisord.log" 2>/dev/null || true
+}
+
 status() {
-  for name in api-server scheduler dag-processor triggerer refservice s3 redis; do
-    if alive "$name"; then echo "$name: running (pid $(cat "$PIDS/$name.pid"))"; else echo "$name: stopped"; fi
-  done
-  if [ -f "$PGDATA/postmaster.pid" ]; then echo "postgres: running"; else echo "postgres: stopped"; fi
+  if supervisord_running; then
+    local counts name state detail restarts
+    counts=$(restart_counts)
+    # supervisorctl status: "group:name  STATE  pid 123, uptime 0:01:02" (exits 3 when one is down).
+    while read -r name state detail; do
+      name=${name#*:}
+      restarts=$(awk -v p="$name" '$1 == p { print $2 }' <<<"$counts")
+      echo "$name: ${state,,} (${detail:+$detail, }restarts ${restarts:-0})"
+    done < <(sctl status || true)
+    echo "supervisord: running (pid $(sctl pid), socket $STATE/supervisor.sock)"
+  else
+    for name in "${PROGRAMS[@]}"; do echo "$name: stopped"; done
+    echo "supervisord: stopped"
+  fi
+  if [ -f "$PGDATA/postmaster.pid" ]; then echo "postgres: running (pg_ctl)"; else echo "postgres: stopped"; fi
 }
 
 case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  exec) shift; [ -f "$STATE/secrets.env" ] && { set -a; source "$STATE/secrets.env"; set +a; }; exec "$@" ;;
+  run) shift; run_program "${1:-}" ;;
+  exec) shift; load_secrets; exec "$@" ;;
   env) env | grep -E '^(ATELIER_|AIRFLOW|AWS_|PYTHONPATH)' | sort ;;
-  *) echo "usage: $0 up|down|status|env|exec CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|exec CMD...|run PROGRAM" >&2; exit 2 ;;
 esac
