@@ -491,10 +491,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
 # -- reference inference service ---------------------------------------------------------------
 def cmd_refservice_serve(args: argparse.Namespace) -> int:
-    from atelier.refservice.app import Faults, Quota, serve
+    from atelier.refservice.app import Faults, Quota, Retention, serve
 
     faults = Faults(**json.loads(args.faults)) if args.faults else Faults()
-    serve(args.host, args.port, faults, Quota(rps=args.rps, max_in_flight=args.max_in_flight), seed=args.seed)
+    retention = Retention(args.result_ttl, args.max_finished_jobs, args.key_ttl, args.max_keys)
+    quota = Quota(rps=args.rps, max_in_flight=args.max_in_flight)
+    serve(args.host, args.port, faults, quota, seed=args.seed, retention=retention)
     return EXIT_OK
 
 
@@ -557,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-in-flight", type=int, default=8, help="server-side quota: concurrent jobs")
     sv.add_argument("--seed", type=int, help="seed of the fault dice (repeatable fault sequences)")
     sv.add_argument("--faults", help='JSON, e.g. {"error_rate": 0.1, "rate_429": 0.05, "hang_rate": 0.02}')
+    sv.add_argument("--result-ttl", type=float, default=3600.0, help="seconds a finished job's result is kept")
+    sv.add_argument("--max-finished-jobs", type=int, default=2000, help="finished jobs kept at most (oldest go)")
+    sv.add_argument(
+        "--key-ttl", type=float, default=86400.0, help="seconds an Idempotency-Key is remembered (>= --result-ttl)"
+    )
+    sv.add_argument("--max-keys", type=int, default=200_000, help="Idempotency-Keys remembered at most (oldest go)")
     sv.set_defaults(func=cmd_refservice_serve)
 
     ch = sub.add_parser("chaos", help="a drop under injected faults, outage, SIGKILL and a Postgres restart")

@@ -12,6 +12,7 @@ import pytest
 from atelier import ledger, providers
 from atelier.airflow_api import DAG_ID, Airflow
 from atelier.cli import make_samples, prepare_trigger, wait_for_run
+from atelier.refservice import admin_headers
 from atelier.settings import settings
 
 pytestmark = pytest.mark.e2e
@@ -55,5 +56,5 @@ def test_a_deferred_drop_renders_everything_once(tmp_path: Path):
     ]
     assert sum(t["succeeded"] for t in tallies) == 24
     assert all(t["deferrals"] >= 1 for t in tallies)  # each shard handed its jobs to the triggerer
-    stats = httpx.get(providers.config("refservice")["url"] + "/admin/stats", timeout=10).json()
+    stats = httpx.get(providers.config("refservice")["url"] + "/admin/stats", headers=admin_headers(), timeout=10).json()
     assert stats["keys_executed_more_than_once"] == []

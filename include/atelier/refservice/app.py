@@ -8,8 +8,17 @@ Protocol:
   GET  /healthz
   Server-side quota: token bucket of ``rps`` requests/s and ``max_in_flight`` running jobs;
   over it answers 429 with Retry-After (counted as a quota violation by the client).
-  Admin: POST /admin/faults (JSON Faults), POST /admin/outage {"seconds": N}, GET /admin/stats,
-  POST /admin/reset.
+  Admin (``Authorization: Bearer $ATELIER_REFSERVICE_ADMIN_TOKEN``; without a token configured the
+  service still serves /v1 but every /admin call answers 403): POST /admin/faults (JSON Faults),
+  POST /admin/quota, POST /admin/outage {"seconds": N}, GET /admin/stats, POST /admin/reset.
+
+Idempotency: submits of one key are serialised by a per-key lock held from the key lookup until
+the job is registered, so N concurrent submits of a key run one job (the body read in between is
+an ``await``). Memory is bounded (``Retention``): a finished job and its result are kept
+``result_ttl_s`` and at most ``max_finished_jobs`` of them; keys are remembered longer
+(``key_ttl_s``, at most ``max_keys``) because forgetting a key lets a retry render again. A key
+whose job was evicted answers 410 (its result is gone, and it is not rendered a second time);
+once the key itself is forgotten, the key is new again.
 """
 
 from __future__ import annotations
@@ -17,18 +26,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
+import logging
+import os
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from atelier.catalog import Brand, OutputSpec
 from atelier.providers.studio import StudioRenderer
+from atelier.refservice import ADMIN_TOKEN_ENV
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,6 +68,21 @@ class Quota:
 
 
 @dataclass
+class Retention:
+    """How long the service remembers finished work (memory is bounded by these)."""
+
+    result_ttl_s: float = 3600.0  # a finished job and its result, counted from when it finished
+    max_finished_jobs: int = 2000  # and at most this many finished jobs (oldest finished first)
+    key_ttl_s: float = 86400.0  # an Idempotency-Key, counted from its first submit
+    max_keys: int = 200_000  # and at most this many keys (oldest first)
+
+    def __post_init__(self) -> None:
+        # A key forgotten before its result would let a retry render again while the result is held.
+        if self.key_ttl_s < self.result_ttl_s or self.max_keys < self.max_finished_jobs:
+            raise ValueError("keys must be kept at least as long, and as many, as finished jobs")
+
+
+@dataclass
 class Job:
     id: str
     key: str
@@ -65,10 +96,13 @@ class Job:
 class State:
     faults: Faults = field(default_factory=Faults)
     quota: Quota = field(default_factory=Quota)
+    retention: Retention = field(default_factory=Retention)
     jobs: dict[str, Job] = field(default_factory=dict)
-    by_key: dict[str, str] = field(default_factory=dict)
-    requests_by_key: Counter[str] = field(default_factory=Counter)
-    executions_by_key: Counter[str] = field(default_factory=Counter)
+    finished: OrderedDict[str, float] = field(default_factory=OrderedDict)  # job id → finished at, oldest first
+    by_key: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)  # key → (job id, first submit)
+    executions_by_key: Counter[str] = field(default_factory=Counter)  # for the keys still remembered
+    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    key_waiters: Counter[str] = field(default_factory=Counter)  # submits holding or awaiting a key's lock
     counts: Counter[str] = field(default_factory=Counter)
     tokens: float = 0.0
     tokens_at: float = 0.0
@@ -78,9 +112,18 @@ class State:
     window: list[float] = field(default_factory=list)
 
 
-def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: int | None = None) -> FastAPI:
+def create_app(
+    faults: Faults | None = None,
+    quota: Quota | None = None,
+    seed: int | None = None,
+    admin_token: str | None = None,
+    retention: Retention | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The service. ``admin_token`` guards /admin/* (None: admin is refused with 403); ``clock``
+    times retention (tests pass their own), the quota runs on the real monotonic clock."""
     app = FastAPI(title="Atelier reference inference service")
-    st = State(faults=faults or Faults(), quota=quota or Quota())
+    st = State(faults=faults or Faults(), quota=quota or Quota(), retention=retention or Retention())
     st.tokens, st.tokens_at = st.quota.rps, time.monotonic()
     rng = random.Random(seed)
     running: set[asyncio.Task[None]] = set()
@@ -125,12 +168,30 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             st.window.pop(0)
         st.max_rps_seen = max(st.max_rps_seen, len(st.window))
 
+    def evict() -> None:
+        """Drops finished jobs past their TTL or over the cap, then keys likewise (both oldest
+        first). Queued and running jobs are never dropped; they are bounded by ``max_in_flight``."""
+        r, now = st.retention, clock()
+        while st.finished:
+            job_id, at = next(iter(st.finished.items()))
+            if len(st.finished) <= r.max_finished_jobs and now - at < r.result_ttl_s:
+                break
+            st.finished.popitem(last=False)
+            st.jobs.pop(job_id, None)
+            st.counts["jobs_evicted"] += 1
+        while st.by_key:
+            key, (_job_id, at) = next(iter(st.by_key.items()))
+            if len(st.by_key) <= r.max_keys and now - at < r.key_ttl_s:
+                break
+            st.by_key.popitem(last=False)
+            st.executions_by_key.pop(key, None)
+            st.counts["keys_evicted"] += 1
+
     async def run_job(job: Job, source: bytes, spec: OutputSpec, brand: Brand) -> None:
         job.status = "running"
-        st.in_flight += 1
-        st.max_in_flight_seen = max(st.max_in_flight_seen, st.in_flight)
         try:
             st.executions_by_key[job.key] += 1
+            st.counts["executions"] += 1
             if st.faults.render_ms:
                 await asyncio.sleep(st.faults.render_ms / 1000)
             # A renderer per job: its cut-out cache is not shared between threads.
@@ -144,6 +205,9 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             st.in_flight -= 1
+            if st.jobs.get(job.id) is job:  # not wiped by an admin reset meanwhile
+                st.finished[job.id] = clock()
+                evict()
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
@@ -162,14 +226,24 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
     async def healthz() -> dict[str, Any]:
         return {"ok": time.time() >= st.faults.outage_until, "model_version": renderer.model_version}
 
-    @app.post("/v1/jobs", status_code=202)
-    async def submit(request: Request, idempotency_key: str = Header(...)) -> Response:
-        st.requests_by_key[idempotency_key] += 1
-        if (early := await chaos()) is not None:
-            return early
-        if idempotency_key in st.by_key:  # same key → same job, no second render
-            job = st.jobs[st.by_key[idempotency_key]]
-            return JSONResponse({"id": job.id, "status": job.status}, status_code=200)
+    def known(idempotency_key: str) -> Response | None:
+        """The answer for a key already submitted: its job, or 410 when that job was evicted."""
+        entry = st.by_key.get(idempotency_key)
+        if entry is None:
+            return None
+        job = st.jobs.get(entry[0])
+        if job is None:  # result evicted, key still remembered: never render it a second time
+            st.counts["expired_key_410"] += 1
+            return JSONResponse(
+                {"id": entry[0], "status": "expired", "error": "this key's job finished and its result expired"},
+                status_code=410,
+            )
+        return JSONResponse({"id": job.id, "status": job.status}, status_code=200)
+
+    async def register(request: Request, idempotency_key: str) -> Response:
+        """Reads the body and starts the job; runs under the key's lock."""
+        if (done := known(idempotency_key)) is not None:  # same key → same job, no second render
+            return done
         if st.in_flight >= st.quota.max_in_flight:
             st.counts["in_flight_429"] += 1  # the client exceeded the concurrency it was told
             return JSONResponse({"error": "too many jobs in flight"}, status_code=429, headers={"Retry-After": "0.2"})
@@ -183,13 +257,35 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
         except (KeyError, ValueError, TypeError) as exc:
             raise HTTPException(422, f"bad job request: {exc}") from exc
         job = Job(uuid.uuid4().hex, idempotency_key, media_type=f"image/{spec.format.lower()}")
-        st.jobs[job.id], st.by_key[idempotency_key] = job, job.id
+        st.jobs[job.id], st.by_key[idempotency_key] = job, (job.id, clock())
         st.counts["jobs"] += 1
+        # In flight from acceptance, so concurrent submits cannot all pass the check above.
+        st.in_flight += 1
+        st.max_in_flight_seen = max(st.max_in_flight_seen, st.in_flight)
         # The loop keeps only weak references to tasks: hold one until the job is done.
         task = asyncio.get_running_loop().create_task(run_job(job, source, spec, brand))
         running.add(task)
         task.add_done_callback(running.discard)
+        evict()
         return JSONResponse({"id": job.id, "status": job.status}, status_code=202)
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit(request: Request, idempotency_key: str = Header(...)) -> Response:
+        st.counts["submits"] += 1
+        if (early := await chaos()) is not None:
+            return early
+        # Lookup and insert are split by the body read (an await): without the lock, two submits
+        # of one key would both find it absent and both render.
+        lock = st.key_locks.setdefault(idempotency_key, asyncio.Lock())
+        st.key_waiters[idempotency_key] += 1
+        try:
+            async with lock:
+                return await register(request, idempotency_key)
+        finally:
+            st.key_waiters[idempotency_key] -= 1
+            if not st.key_waiters[idempotency_key]:
+                del st.key_waiters[idempotency_key]
+                st.key_locks.pop(idempotency_key, None)
 
     @app.get("/v1/jobs/{job_id}")
     async def status(job_id: str) -> Response:
@@ -211,7 +307,17 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             raise HTTPException(409, f"job is {job.status}")
         return Response(job.result, media_type=job.media_type)
 
-    @app.post("/admin/faults")
+    def require_admin(authorization: str | None = Header(None)) -> None:
+        """Admin changes faults and quota and wipes the idempotency map: a bearer token only."""
+        if not admin_token:
+            raise HTTPException(403, f"admin endpoints are disabled: the service was started without {ADMIN_TOKEN_ENV}")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), admin_token.encode()):
+            raise HTTPException(401, "admin endpoints need a valid bearer token", {"WWW-Authenticate": "Bearer"})
+
+    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+    @admin.post("/faults")
     async def set_faults(body: dict[str, Any]) -> dict[str, Any]:
         for k, v in body.items():
             if not hasattr(st.faults, k):
@@ -219,7 +325,7 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             setattr(st.faults, k, float(v))
         return asdict(st.faults)
 
-    @app.post("/admin/quota")
+    @admin.post("/quota")
     async def set_quota(body: dict[str, Any]) -> dict[str, Any]:
         for k, v in body.items():
             if not hasattr(st.quota, k):
@@ -227,38 +333,48 @@ def create_app(faults: Faults | None = None, quota: Quota | None = None, seed: i
             setattr(st.quota, k, type(getattr(st.quota, k))(v))
         return asdict(st.quota)
 
-    @app.post("/admin/outage")
+    @admin.post("/outage")
     async def outage(body: dict[str, Any]) -> dict[str, Any]:
         st.faults.outage_until = time.time() + float(body.get("seconds", 60))
         return {"outage_until": st.faults.outage_until}
 
-    @app.get("/admin/stats")
+    @admin.get("/stats")
     async def stats() -> dict[str, Any]:
         return {
             "counts": dict(st.counts),
-            "keys": len(st.requests_by_key),
-            "executions": sum(st.executions_by_key.values()),
+            "keys": len(st.by_key),
+            "jobs_held": len(st.jobs),
+            "executions": st.counts["executions"],
             "keys_executed_more_than_once": sorted(k for k, n in st.executions_by_key.items() if n > 1),
             "quota": asdict(st.quota),
             "quota_violations": st.counts["quota_429"] + st.counts["in_flight_429"],
             "max_in_flight_seen": st.max_in_flight_seen,
             "max_requests_in_1s_seen": st.max_rps_seen,
             "faults": asdict(st.faults),
+            "retention": asdict(st.retention),
         }
 
-    @app.post("/admin/reset")
+    @admin.post("/reset")
     async def reset() -> dict[str, str]:
-        st.jobs.clear(), st.by_key.clear(), st.requests_by_key.clear(), st.executions_by_key.clear()
+        st.jobs.clear(), st.finished.clear(), st.by_key.clear(), st.executions_by_key.clear()
         st.counts.clear()
         st.max_in_flight_seen = st.max_rps_seen = 0
         st.window.clear()
         st.faults = Faults()
         return {"ok": "reset"}
 
+    app.include_router(admin)
     return app
 
 
-def serve(host: str, port: int, faults: Faults, quota: Quota, seed: int | None = None) -> None:
+def serve(
+    host: str, port: int, faults: Faults, quota: Quota, seed: int | None = None, retention: Retention | None = None
+) -> None:
+    """Runs the service; the admin token comes from ``ATELIER_REFSERVICE_ADMIN_TOKEN``."""
     import uvicorn
 
-    uvicorn.run(create_app(faults, quota, seed), host=host, port=port, log_level="warning")
+    token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if token is None:
+        log.warning("%s is not set: /admin/* answers 403", ADMIN_TOKEN_ENV)
+    app = create_app(faults, quota, seed, admin_token=token, retention=retention)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

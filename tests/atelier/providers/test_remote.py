@@ -18,6 +18,7 @@ from atelier.providers import config
 from atelier.providers.predictions import PredictionsProvider
 from atelier.providers.refservice import RefServiceProvider
 from atelier.providers.studio import StudioRenderer
+from atelier.refservice import admin_headers
 from atelier.resilience import BreakerOpen, PermanentError, TransientError
 from atelier.samples import packshot
 from tests.helpers import refservice, server
@@ -39,7 +40,7 @@ def test_renders_through_5xx_429_and_latency_with_one_execution_per_key(uid: str
         expected = StudioRenderer().render(SOURCE, SPEC, BRAND)
         for i in range(16):
             assert provider.render(SOURCE, SPEC, BRAND, f"key-{uid}-{i}") == expected
-        stats = httpx.get(f"{url}/admin/stats").json()
+        stats = httpx.get(f"{url}/admin/stats", headers=admin_headers()).json()
     assert stats["counts"]["injected_500"] > 0 and stats["counts"]["injected_429"] > 0
     assert stats["executions"] == 16 and stats["keys_executed_more_than_once"] == []
 
@@ -69,7 +70,7 @@ def test_outage_opens_the_breaker_and_the_fallback_serves(uid: str):
     with refservice() as url:
         breaker_cfg = {"window_s": 10, "min_calls": 4, "failure_rate": 0.5, "open_s": 1}
         primary = ref_provider(url, f"out-{uid}", attempts=2, breaker=breaker_cfg)
-        httpx.post(f"{url}/admin/outage", json={"seconds": 2})
+        httpx.post(f"{url}/admin/outage", json={"seconds": 2}, headers=admin_headers()).raise_for_status()
         served = [
             render_with_chain([primary, StudioRenderer()], SOURCE, SPEC, BRAND, f"o-{uid}-{i}")[1] for i in range(4)
         ]
@@ -100,7 +101,7 @@ def test_shared_rate_limit_holds_at_the_server_with_several_worker_processes(uid
         name = f"shared-{uid}"
         with mp.get_context("spawn").Pool(4) as pool:
             done = pool.map(worker, [(url, name, w * 100, 5) for w in range(4)])
-        stats = httpx.get(f"{url}/admin/stats").json()
+        stats = httpx.get(f"{url}/admin/stats", headers=admin_headers()).json()
     assert sum(done) == 20 and stats["executions"] == 20
     assert stats["quota_violations"] == 0, stats
     assert stats["max_requests_in_1s_seen"] <= 10 and stats["max_in_flight_seen"] <= 3
