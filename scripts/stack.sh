@@ -69,6 +69,9 @@ ensure_secrets() {
     } > "$STATE/secrets.env"
     umask 022
   fi
+  # The reference service's /admin/* token (added to older secrets files too).
+  grep -q '^ATELIER_REFSERVICE_ADMIN_TOKEN=' "$STATE/secrets.env" \
+    || echo "ATELIER_REFSERVICE_ADMIN_TOKEN=$(openssl rand -hex 32)" >> "$STATE/secrets.env"
   load_secrets
 }
 
