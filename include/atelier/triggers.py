@@ -75,6 +75,7 @@ class ProviderJobsTrigger(BaseTrigger):
         from atelier.resilience import BreakerOpen
 
         try:
+            # A Probe is passed back as itself: allow() and record() run on different threads here.
             probe = await asyncio.to_thread(provider.breaker.allow)
         except BreakerOpen:
             return None
@@ -83,10 +84,10 @@ class ProviderJobsTrigger(BaseTrigger):
         try:
             resp = await client.get(provider.base_url + provider.status_path(job_id))
         except httpx.HTTPError:
-            await asyncio.to_thread(provider.breaker.record, False, probe == "probe")
+            await asyncio.to_thread(provider.breaker.record, False, probe if probe == "probe" else False)
             return None
         healthy = resp.status_code < 500
-        await asyncio.to_thread(provider.breaker.record, healthy, probe == "probe")
+        await asyncio.to_thread(provider.breaker.record, healthy, probe if probe == "probe" else False)
         if resp.status_code != 200:
             return None
         return provider.parse_status(resp.json())
