@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
-import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -224,36 +222,32 @@ class Storage:
 
 
 def _check_public_host(host: str) -> None:
-    """Refuses hosts that resolve to loopback, private, link-local or reserved addresses."""
+    """Refuses hosts that resolve to loopback, private, link-local, reserved or multicast
+    addresses, or to IPv6 wrappers of those (NAT64, 6to4, IPv4-mapped). A pre-check only:
+    ``fetch_https`` vets the address it actually connects to (see ``atelier.netguard``)."""
+    from atelier import netguard
+
     try:
-        infos = socket.getaddrinfo(host, 443, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise StorageError(f"cannot resolve image host {host}: {exc}") from exc
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if not ip.is_global:
-            raise StorageError(f"image host {host} resolves to non-public address {ip}")
+        netguard.GuardedBackend(netguard.STRICT).addresses(host, 443)
+    except netguard.Refused as exc:
+        raise StorageError(f"image {exc}") from None
+    except Exception as exc:  # resolution failed
+        raise StorageError(f"cannot resolve image host {host}: {exc}") from None
 
 
 def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
-    """Downloads an https image from an allowed host (checked by the manifest) without redirects."""
-    import httpx
+    """Downloads an https image (its host allowed by the manifest check) through the guarded
+    client: no redirects, no credentials, connected only to a vetted public address, within a
+    total deadline and ``max_bytes``. Every failure is a StorageError whose message names the URL
+    without its query and never quotes the remote body."""
+    from atelier import netguard
 
-    host = urlsplit(uri).hostname or ""
-    _check_public_host(host)
-    with (
-        httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False) as client,
-        client.stream("GET", uri) as resp,
-    ):
-        if resp.status_code != 200:
-            raise StorageError(f"GET {uri} answered {resp.status_code}")
-        chunks, size = [], 0
-        for chunk in resp.iter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise StorageError(f"{uri} is larger than {max_bytes} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return netguard.fetch(uri, max_bytes, policy=netguard.STRICT, total_timeout_s=60.0)
+    except netguard.Refused as exc:
+        raise StorageError(f"{netguard.redact(uri)} refused: {exc}") from None
+    except netguard.FetchError as exc:
+        raise StorageError(str(exc)) from None
 
 
 def _https_fingerprint(uri: str) -> str:

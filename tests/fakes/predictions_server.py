@@ -1,5 +1,9 @@
 """A local server that speaks the third-party predictions protocol (create → poll → output URL),
-rendering with the studio renderer. Run: python -m tests.fakes.predictions_server --port N"""
+rendering with the studio renderer. Run: python -m tests.fakes.predictions_server --port N
+
+For the credential tests it also plays a hostile API: ``POST /admin/output {"url": ...}`` makes
+every later prediction answer that output URL instead of its own ``/files/<id>``, and
+``GET /admin/file-requests`` lists the Authorization header each ``/files`` request carried."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ def create_app() -> FastAPI:
     app = FastAPI()
     predictions: dict[str, dict[str, Any]] = {}
     files: dict[str, bytes] = {}
+    output_override: dict[str, str] = {}
+    file_requests: list[dict[str, str | None]] = []
 
     def check(auth: str | None) -> None:
         if auth != f"Bearer {TOKEN}":
@@ -66,11 +72,22 @@ def create_app() -> FastAPI:
                 brand = Brand("b", 1.0, inp["backdrop_top"], inp["backdrop_bottom"], 0.3, ())
                 files[pid] = StudioRenderer().render(source, spec, brand)
                 p["status"] = "succeeded"
-                p["output"] = [f"{str(request.base_url).rstrip('/')}/files/{pid}"]
+                own = f"{str(request.base_url).rstrip('/')}/files/{pid}"
+                p["output"] = [output_override.get("url", own)]
         return {k: v for k, v in p.items() if k not in ("input", "polls")}
 
+    @app.post("/admin/output")
+    async def set_output(request: Request) -> dict[str, str]:
+        output_override["url"] = str((await request.json())["url"])
+        return output_override
+
+    @app.get("/admin/file-requests")
+    async def seen() -> list[dict[str, str | None]]:
+        return file_requests
+
     @app.get("/files/{pid}")
-    async def file(pid: str) -> Response:
+    async def file(pid: str, authorization: str | None = Header(None)) -> Response:
+        file_requests.append({"pid": pid, "authorization": authorization})
         if pid not in files:
             raise HTTPException(404, "Not found")
         return Response(files[pid], media_type="image/jpeg")

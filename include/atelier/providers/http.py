@@ -1,15 +1,41 @@
-"""What every remote provider shares: one HTTP client with connect/read timeouts, the Redis rate
-limit and in-flight cap, the circuit breaker, the retry budget and policy, and the rule for which
-failures are transient."""
+"""What every remote provider shares: one HTTP client with connect/read timeouts, a total deadline
+and a byte cap per call, the Redis rate limit and in-flight cap, the circuit breaker, the retry
+budget and policy, and the rule for which failures are transient.
+
+How a call's outcome is classified (``HttpProvider._once``), and what the breaker records:
+
+============================================  ==============  ==============================
+what happened                                  raised          breaker
+============================================  ==============  ==============================
+2xx with the expected body                     (returns)       success
+429                                            Transient       success (the service is up)
+5xx                                            Transient       failure
+other 4xx, 3xx (redirects are not followed)   Permanent       success
+timeout, or the total deadline passed          Transient       failure
+connection/protocol error (httpx.Transport*)   Transient       failure
+any other httpx error (e.g. DecodingError)     Transient       failure ("unknown provider error")
+2xx whose body is not JSON where JSON is due   Transient       failure
+body over the byte cap                         Permanent       success (it answered; too big)
+invalid URL (configuration)                    Permanent       not judged
+rate-limit slot not granted in time            Transient       not judged
+interrupted (KeyboardInterrupt, SystemExit)    (re-raised)     not judged
+============================================  ==============  ==============================
+
+"Not judged" calls record nothing, except a half-open probe, which always records a failure so
+the breaker re-opens and hands out a new probe later instead of staying half-open. Error
+messages carry the method, the URL without its query, the status and a fixed reason: never the
+remote body (it may echo secrets, and it lands in reports).
+"""
 
 from __future__ import annotations
 
 import time
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
+from atelier import netguard
 from atelier.catalog import Brand, OutputSpec
 from atelier.providers import Capabilities
 from atelier.resilience import (
@@ -23,6 +49,10 @@ from atelier.resilience import (
     call_with_retries,
 )
 
+DEFAULT_TOTAL_TIMEOUT_S = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # result images
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024  # job/status documents
+
 
 def retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("Retry-After")
@@ -34,8 +64,16 @@ def retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def field(body: Any, name: str, provider: str) -> Any:
+    """``body[name]`` of a provider document, or a TransientError naming what was missing."""
+    if not isinstance(body, dict) or name not in body:
+        raise TransientError(f"{provider}: unexpected response (no {name!r} field)")
+    return body[name]
+
+
 class HttpProvider:
-    """Base of the remote providers. Subclasses implement ``render`` with ``request``."""
+    """Base of the remote providers. Subclasses implement the job protocol with ``request_json``
+    and ``request_bytes``."""
 
     def __init__(self, name: str, cfg: dict[str, Any]):
         self.name = name
@@ -46,7 +84,12 @@ class HttpProvider:
         )
         self.base_url = str(cfg["url"]).rstrip("/")
         self.timeout = httpx.Timeout(float(cfg["read_timeout_s"]), connect=float(cfg["connect_timeout_s"]))
-        self.http = httpx.Client(timeout=self.timeout, headers=self.auth_headers())
+        self.total_timeout = float(cfg.get("total_timeout_s", DEFAULT_TOTAL_TIMEOUT_S))
+        self.max_response_bytes = int(cfg.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES))
+        self.max_json_bytes = int(cfg.get("max_json_bytes", DEFAULT_MAX_JSON_BYTES))
+        # One client per provider for its own (operator-configured) API: it carries the credentials
+        # and may be http/local; the guarded transport still enforces the total deadline.
+        self.http = netguard.client(netguard.TRUSTED, self.timeout, self.auth_headers())
         # Quotas, breaker and budget belong to the service: provider entries that reach the same
         # service (e.g. refservice and refservice_deferred) share them.
         service = str(cfg.get("service", name))
@@ -79,7 +122,7 @@ class HttpProvider:
         with self.slot():
             job_id = self.submit(source, spec, brand, key)
             status = self.wait_for(
-                lambda: self.parse_status(self.request("GET", self.status_path(job_id)).json()),
+                lambda: self.parse_status(self.request_json("GET", self.status_path(job_id))),
                 lambda s: s["status"] in ("succeeded", "failed"),
             )
             if status["status"] == "failed":
@@ -90,31 +133,74 @@ class HttpProvider:
         """One in-flight slot for the whole job (submit → result)."""
         return self.in_flight.slot()
 
-    def _once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        probe = self.breaker.allow()  # raises BreakerOpen: not retried, the caller falls back or waits
-        if self.limiter:
-            self.limiter.acquire()
+    def _once(self, method: str, url: str, expect: Literal["json", "bytes"], **kwargs: Any) -> Any:
+        """One attempt: the parsed JSON or the body bytes of a 2xx. The breaker's ``record`` runs
+        on every path out of here once ``allow`` granted the call (see the module docstring)."""
+        probe = self.breaker.allow() == "probe"  # raises BreakerOpen: not retried, the caller falls back
+        shown = f"{self.name}: {method} {netguard.redact(url)}"
+        healthy: bool | None = None  # None: the provider was not judged by this attempt
         try:
-            resp = self.http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            self.breaker.record(False, probe == "probe")
-            raise TransientError(f"{self.name}: {method} {url} timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            self.breaker.record(False, probe == "probe")
-            raise TransientError(f"{self.name}: {method} {url} failed ({type(exc).__name__}: {exc})") from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            # 429 is the provider protecting itself: it is not down, so it does not trip the breaker.
-            self.breaker.record(resp.status_code == 429, probe == "probe")
-            raise TransientError(f"{self.name}: {method} {url} answered {resp.status_code}", retry_after(resp))
-        self.breaker.record(True, probe == "probe")
-        if resp.status_code >= 400:
-            raise PermanentError(f"{self.name}: {method} {url} answered {resp.status_code}: {resp.text[:300]}")
-        return resp
+            if self.limiter:
+                self.limiter.acquire()
+            healthy = False  # from here on, anything unforeseen counts as a failed call
+            cap = self.max_json_bytes if expect == "json" else self.max_response_bytes
+            try:
+                resp = netguard.send(
+                    self.http, method, url, max_bytes=cap, total_timeout_s=self.total_timeout, **kwargs
+                )
+            except netguard.TooLarge as exc:
+                healthy = True
+                raise PermanentError(f"{shown}: {exc}") from None
+            except netguard.DeadlineExceeded as exc:
+                raise TransientError(f"{shown} timed out ({exc})") from None
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"{shown} timed out ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise TransientError(f"{shown} failed ({type(exc).__name__})") from None
+            except httpx.HTTPError as exc:  # e.g. DecodingError: the provider sent something broken
+                raise TransientError(f"{shown}: unknown provider error ({type(exc).__name__})") from None
+            except (httpx.InvalidURL, netguard.Refused) as exc:
+                healthy = None
+                raise PermanentError(f"{shown}: invalid URL ({exc})") from None
+            status = resp.status_code
+            if status == 429 or status >= 500:
+                # 429 is the provider protecting itself: it is not down, so it does not trip the breaker.
+                healthy = status == 429
+                raise TransientError(f"{shown} answered {status} {netguard.phrase(status)}", retry_after(resp))
+            if not 200 <= status < 300:  # 4xx, or a redirect (never followed)
+                healthy = True
+                raise PermanentError(f"{shown} answered {status} {netguard.phrase(status)}")
+            if expect == "bytes":
+                healthy = True
+                return resp.content
+            try:
+                body = resp.json()
+            except ValueError:  # not JSON, or not UTF-8
+                raise TransientError(f"{shown} answered {status} with a body that is not JSON") from None
+            healthy = True
+            return body
+        except Exception:
+            raise
+        except BaseException:  # interrupted: not the provider's doing
+            healthy = None
+            raise
+        finally:
+            if healthy is not None or probe:
+                self.breaker.record(bool(healthy), probe)
 
-    def request(self, method: str, path_or_url: str, **kwargs: Any) -> httpx.Response:
-        """One call with retries on transient failures (same idempotency key on every attempt)."""
-        url = path_or_url if path_or_url.startswith("http") else self.base_url + path_or_url
-        return call_with_retries(lambda: self._once(method, url, **kwargs), self.budget, self.attempts)
+    def _url(self, path_or_url: str) -> str:
+        return path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url
+
+    def request_json(self, method: str, path_or_url: str, **kwargs: Any) -> Any:
+        """One call with retries on transient failures (same idempotency key on every attempt),
+        returning the JSON document of the 2xx answer."""
+        url = self._url(path_or_url)
+        return call_with_retries(lambda: self._once(method, url, "json", **kwargs), self.budget, self.attempts)
+
+    def request_bytes(self, method: str, path_or_url: str, **kwargs: Any) -> bytes:
+        """As ``request_json``, returning the body bytes (capped by ``max_response_bytes``)."""
+        url = self._url(path_or_url)
+        return call_with_retries(lambda: self._once(method, url, "bytes", **kwargs), self.budget, self.attempts)
 
     def wait_for(self, poll: Any, is_done: Any) -> Any:
         """Polls until ``is_done(result)`` or the job timeout (a transient failure: retried later)."""

@@ -8,6 +8,12 @@
 The API does not take idempotency keys, so a retried *create* can start a second prediction; we
 only retry a create after a connection error or 429/5xx and accept that rare duplicate charge
 (recorded in the closing note). The token comes from the environment (``token_env``).
+
+Output URLs are whatever the API answers, so they are untrusted: they are fetched with a second,
+credential-free client (the token must never reach the output host), https only and through the
+public-address guard (``atelier.netguard``), with the same deadline and byte cap. Tests that serve
+outputs from 127.0.0.1 over http opt in per provider config: ``outputs_allow_http: true`` and
+``outputs_allow_networks: ["127.0.0.0/8"]``; production configs set neither.
 """
 
 from __future__ import annotations
@@ -16,12 +22,30 @@ import base64
 import os
 from typing import Any
 
+from atelier import netguard
 from atelier.catalog import Brand, OutputSpec
-from atelier.providers.http import HttpProvider
-from atelier.resilience import PermanentError
+from atelier.providers.http import HttpProvider, field
+from atelier.resilience import PermanentError, TransientError, call_with_retries
+
+MAX_ERROR_CHARS = 200
+
+
+def job_error(value: Any) -> str:
+    """The API's ``error`` field as one bounded line of printable text (it lands in reports)."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class PredictionsProvider(HttpProvider):
+    def __init__(self, name: str, cfg: dict[str, Any]):
+        super().__init__(name, cfg)
+        self.output_policy = netguard.Policy.from_config(
+            bool(cfg.get("outputs_allow_http", False)), cfg.get("outputs_allow_networks", ())
+        )
+        # A second client, not self.http: that one carries the API token and trusts its host;
+        # this one has no credentials and lets the guard vet every output host it connects to.
+        self.outputs = netguard.client(self.output_policy, self.timeout)
+
     def auth_headers(self) -> dict[str, str]:
         token = os.environ.get(str(self.cfg.get("token_env", "")), "")
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -38,20 +62,37 @@ class PredictionsProvider(HttpProvider):
                 "backdrop_bottom": brand.backdrop_bottom,
             },
         }
-        return str(self.request("POST", "/v1/predictions", json=body).json()["id"])
+        return str(field(self.request_json("POST", "/v1/predictions", json=body), "id", self.name))
 
     def status_path(self, job_id: str) -> str:
         return f"/v1/predictions/{job_id}"
 
     def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        raw = body.get("status")
+        raw = field(body, "status", self.name)
         status = "succeeded" if raw == "succeeded" else "failed" if raw in ("failed", "canceled") else "running"
         error = body.get("error") if raw != "canceled" else "canceled"
-        return {"status": status, "error": f"{raw}: {error}", "output": body.get("output")}
+        return {"status": status, "error": job_error(f"{raw}: {error}"), "output": body.get("output")}
 
     def result(self, job_id: str, status: dict[str, Any]) -> bytes:
         output = status.get("output")
         url = output[0] if isinstance(output, list) and output else output
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-            raise PermanentError(f"{self.name}: prediction {job_id} has no output URL ({output!r})")
-        return self.request("GET", url).content
+            raise PermanentError(f"{self.name}: prediction {job_id} has no output URL")
+        return call_with_retries(lambda: self._fetch_output(job_id, url), self.budget, self.attempts)
+
+    def _fetch_output(self, job_id: str, url: str) -> bytes:
+        """One guarded GET of an output URL. Not through the API's breaker or rate limit: the
+        output host is usually a CDN, and its health says nothing about the API's."""
+        try:
+            return netguard.fetch(
+                url,
+                self.max_response_bytes,
+                policy=self.output_policy,
+                http=self.outputs,
+                total_timeout_s=self.total_timeout,
+            )
+        except netguard.Refused as exc:
+            raise PermanentError(f"{self.name}: prediction {job_id}: output URL refused: {exc}") from None
+        except netguard.FetchError as exc:
+            message = f"{self.name}: prediction {job_id}: output {exc}"
+            raise (TransientError(message) if exc.transient else PermanentError(message)) from None

@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from atelier.catalog import Brand, OutputSpec
-from atelier.providers.http import HttpProvider
+from atelier.providers.http import HttpProvider, field
 
 
 class RefServiceProvider(HttpProvider):
@@ -21,14 +21,16 @@ class RefServiceProvider(HttpProvider):
                 "shadow_strength": brand.shadow_strength,
             },
         }
-        return str(self.request("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()["id"])
+        created = self.request_json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        return str(field(created, "id", self.name))
 
     def status_path(self, job_id: str) -> str:
         return f"/v1/jobs/{job_id}"
 
     def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
-        status = body["status"] if body["status"] in ("succeeded", "failed") else "running"
+        raw = field(body, "status", self.name)
+        status = raw if raw in ("succeeded", "failed") else "running"
         return {"status": status, "error": body.get("error")}
 
     def result(self, job_id: str, status: dict[str, Any]) -> bytes:
-        return self.request("GET", f"/v1/jobs/{job_id}/result").content
+        return self.request_bytes("GET", f"/v1/jobs/{job_id}/result")

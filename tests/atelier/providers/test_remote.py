@@ -107,14 +107,55 @@ def test_shared_rate_limit_holds_at_the_server_with_several_worker_processes(uid
     assert stats["max_requests_in_1s_seen"] <= 10 and stats["max_in_flight_seen"] <= 3
 
 
+# The fake API serves its outputs from 127.0.0.1 over http: the test opts in to exactly that.
+LOCAL_OUTPUTS = {"outputs_allow_http": True, "outputs_allow_networks": ["127.0.0.0/8"]}
+
+
 def test_predictions_adapter_speaks_the_protocol(uid: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
     with server(["-m", "tests.fakes.predictions_server"]) as url:
-        cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05}
+        cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05, **LOCAL_OUTPUTS}
         provider = PredictionsProvider(f"pred-{uid}", cfg)
         assert provider.render(SOURCE, SPEC, BRAND, "k") == StudioRenderer().render(SOURCE, SPEC, BRAND)
+        # The output was fetched without the API token.
+        fetched = httpx.get(f"{url}/admin/file-requests").json()
+        assert len(fetched) == 1 and fetched[0]["authorization"] is None
         with pytest.raises(PermanentError, match="failed: width must be positive"):
             provider.render(SOURCE, catalog.OutputSpec("x", 0, 10, "JPEG"), BRAND, "k2")
         monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "wrong")
-        with pytest.raises(PermanentError, match="401"):
+        with pytest.raises(PermanentError, match="401") as refused:
             PredictionsProvider(f"pred2-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k3")
+        # Status code and a fixed reason, never the remote body ({"detail": "Unauthenticated"}).
+        assert "Unauthenticated" not in str(refused.value) and "401 Unauthorized" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("output", "allow", "reason"),
+    [
+        # The default policy (what production runs): https only, public addresses only.
+        ("{capture}/files/x", {}, "scheme 'http' is not allowed"),
+        ("https://127.0.0.1:{port}/files/x", {}, "loopback"),
+        # Even with http and 127.0.0.0/8 opted in, nothing else opens up.
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", LOCAL_OUTPUTS, "link-local"),
+        ("http://10.1.2.3/out.png", LOCAL_OUTPUTS, "private"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", LOCAL_OUTPUTS, "wrapper of 169.254.169.254"),
+    ],
+)
+def test_hostile_output_urls_are_refused_and_never_get_the_token(
+    uid: str, monkeypatch: pytest.MonkeyPatch, output: str, allow: dict[str, Any], reason: str
+):
+    """The API answers an output URL aimed at the worker's network: it is refused before any
+    connection (the capture listener sees nothing), as a permanent failure naming the reason."""
+    from tests.fakes.raw_http import answer, raw_server
+
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+    with (
+        server(["-m", "tests.fakes.predictions_server"]) as url,
+        raw_server(lambda seen, sock: answer(sock, 200, b"stolen")) as (capture, port),
+    ):
+        target = output.format(capture=f"http://127.0.0.1:{port}", port=port)
+        httpx.post(f"{url}/admin/output", json={"url": target}).raise_for_status()
+        cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05, "attempts": 1, **allow}
+        with pytest.raises(PermanentError, match=reason):
+            PredictionsProvider(f"hostile-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k")
+    assert capture.connections == 0 and capture.requests == []
