@@ -88,8 +88,6 @@ def non_public_reason(ip: IPAddress) -> str | None:
     if inner is not None:
         why = non_public_reason(inner)
         return f"an IPv6 wrapper of {inner} ({why})" if why else None
-    if isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _NON_PUBLIC_V6):
-        return "a non-public IPv6 range"
     if ip.is_multicast:
         return "multicast"
     if ip.is_loopback:
@@ -98,6 +96,8 @@ def non_public_reason(ip: IPAddress) -> str | None:
         return "link-local (e.g. cloud metadata)"
     if not ip.is_global:
         return "private or reserved"
+    if isinstance(ip, ipaddress.IPv6Address) and any(ip in net for net in _NON_PUBLIC_V6):
+        return "in a non-public IPv6 range"
     return None
 
 
