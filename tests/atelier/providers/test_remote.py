@@ -85,24 +85,36 @@ def test_outage_opens_the_breaker_and_the_fallback_serves(uid: str):
     assert changes[:3] == ["closed->open", "open->half_open", "half_open->closed"]
 
 
-def worker(args: tuple[str, str, int, int]) -> int:
+def worker(args: tuple[str, str, int, int]) -> tuple[int, list[float]]:
+    """Renders ``n`` jobs; returns how many and the admission stamp (Redis clock) of each request."""
     url, name, first, n = args
     provider = ref_provider(url, name, rps=6, max_in_flight=3, attempts=8)
+    assert provider.limiter is not None
+    limiter, stamps = provider.limiter, []
+    acquire = limiter.acquire
+    limiter.acquire = lambda *a, **kw: stamps.append(acquire(*a, **kw)) or stamps[-1]  # type: ignore[method-assign]
     for i in range(first, first + n):
         provider.render(SOURCE, SPEC, BRAND, f"{name}-{i}")
-    return n
+    return n, stamps
 
 
 def test_shared_rate_limit_holds_at_the_server_with_several_worker_processes(uid: str):
-    """4 processes, each its own client, one quota: the server (10 req/s, 4 in flight) must never
-    have to refuse a request, because the Redis limiter keeps them together at 6 req/s, 3 in flight
-    (the margin covers the skew between taking a token and the request arriving)."""
+    """4 processes, each its own client, one quota of 6 req/s and 3 in flight. Every request's
+    admission is stamped by the limiter: no one-second window of admissions holds more than 6
+    (over-admission by one request fails). At the server (10 req/s, 4 in flight) the arrivals in
+    any one-second window stay within its quota and it never has to refuse a request (the margin
+    over 6 covers the skew between a request's admission and its arrival)."""
+    from tests.atelier.test_resilience import most_in_any_window
+
     with refservice(rps=10, max_in_flight=4) as url:
         name = f"shared-{uid}"
         with mp.get_context("spawn").Pool(4) as pool:
-            done = pool.map(worker, [(url, name, w * 100, 5) for w in range(4)])
+            results = pool.map(worker, [(url, name, w * 100, 5) for w in range(4)])
         stats = httpx.get(f"{url}/admin/stats", headers=admin_headers()).json()
-    assert sum(done) == 20 and stats["executions"] == 20
+    stamps = [t for _, batch in results for t in batch]
+    assert sum(n for n, _ in results) == 20 and stats["executions"] == 20
+    assert len(stamps) >= 20 * 3  # submit, at least one poll, the result: each through the limiter
+    assert most_in_any_window(stamps, 1.0) <= 6
     assert stats["quota_violations"] == 0, stats
     assert stats["max_requests_in_1s_seen"] <= 10 and stats["max_in_flight_seen"] <= 3
 
