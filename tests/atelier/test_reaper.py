@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from atelier import catalog, ledger
+from atelier.pipeline import DropRequest, Resources, finalize, quality_check
 from atelier.reaper import reap_expired, reconcile, stalled
+from atelier.samples import make_catalog
 from atelier.settings import settings
 from atelier.storage import Storage, render_object_key
 from tests.atelier.test_ledger import SPECS, new_campaign, rows
+from tests.atelier.test_pipeline import params, run_drop, upload
 
 
 def campaign(conn: Any, storage: Storage, uid: str, n: int = 2) -> str:
@@ -78,4 +85,174 @@ def test_a_campaign_is_not_redriven_forever(conn: Any, storage: Storage, uid: st
         cur.execute("UPDATE renders SET updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,))
     conn.commit()
     assert cid not in [r["campaign_id"] for r in stalled(conn, idle_s=300, max_redrives=3)]
+    assert ledger.campaign(conn, cid)["state"] == "failed"
+
+
+# -- item 9: reconcile never forgets a render recorded while it runs; lost outputs re-finalize ---------
+
+
+def render_all(conn: Any, storage: Storage, cid: str, owner: str = "w") -> None:
+    """Claims every render of shard 0, writes its object and records it (what a worker does)."""
+    bucket = settings().renders_bucket
+    for c in ledger.claim(conn, cid, 0, owner):
+        key = render_object_key(c.render_key, catalog.all_specs()[c.spec].extension)
+        storage.put_once(bucket, key, c.render_key.encode(), "image/png", {"render-key": c.render_key})
+        assert ledger.record_success(
+            conn, cid, c, owner, ledger.Output(bucket, key, "s", 1, 1, 1, "PNG", True, None), 1
+        )
+
+
+def idle(conn: Any, cid: str) -> None:
+    """Backdates the campaign and its renders: nothing happened for an hour."""
+    with conn.cursor() as cur:
+        cur.execute("UPDATE campaigns SET updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,))
+        cur.execute("UPDATE renders SET updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,))
+    conn.commit()
+
+
+def redrives_of(conn: Any, cid: str, **kw: Any) -> list[str]:
+    return [r["run_id"] for r in stalled(conn, idle_s=300, **kw) if r["campaign_id"] == cid]
+
+
+def test_a_render_recorded_between_the_listing_and_the_ledger_read_is_not_forgotten(
+    conn: Any, storage: Storage, uid: str, monkeypatch: pytest.MonkeyPatch
+):
+    cid = campaign(conn, storage, uid, n=1)
+    real_listing = storage.list_keys
+
+    def listing_then_a_worker_records(bucket: str, prefix: str) -> set[str]:
+        keys = real_listing(bucket, prefix)
+        render_all(conn, storage, cid)  # between reconcile's listing and its ledger read
+        return keys
+
+    monkeypatch.setattr(storage, "list_keys", listing_then_a_worker_records)
+    fixed = reconcile(conn, storage, [cid])
+    assert (fixed.lost_objects, fixed.campaigns_reopened) == (0, [])
+    assert ledger.state_counts(conn, cid)["succeeded"] == 2
+    assert all(r["output_key"] for r in ledger.results(conn, cid))  # output rows kept
+
+
+def test_a_lost_output_reopens_every_campaign_that_used_it(conn: Any, storage: Storage, uid: str):
+    items = rows(1, uid)
+    first = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}" for r in items}, size=10)
+    render_all(conn, storage, first)
+    ledger.set_state(conn, first, "complete")
+    others = rows(1, uid + "b")  # the same image bytes in another drop: every render reused
+    second = new_campaign(conn, storage, uid + "b", others, {r.image_uri: f"fp-{uid}" for r in others}, size=10)
+    assert ledger.state_counts(conn, second)["skipped"] == 2
+    ledger.set_state(conn, second, "complete")
+    gone = next(iter(ledger.results(conn, first)))
+    storage.client.delete_object(Bucket=gone["output_bucket"], Key=gone["output_key"])
+
+    fixed = reconcile(conn, storage, [first])  # only the first is in the sweep
+    assert fixed.lost_objects == 1 and fixed.campaigns_reopened == sorted([first, second])
+    for cid in (first, second):
+        assert ledger.state_counts(conn, cid)["pending"] == 1
+        assert ledger.campaign(conn, cid)["state"] == "planned"
+        assert [s.shard for s in ledger.open_shards(conn, cid)] == [0]
+
+
+def test_a_campaign_reopened_after_finalize_is_redriven_even_if_a_finalize_ran_since(
+    conn: Any, storage: Storage, uid: str
+):
+    cid = campaign(conn, storage, uid, n=1)
+    render_all(conn, storage, cid)
+    ledger.set_state(conn, cid, "complete")
+    gone = next(iter(ledger.results(conn, cid)))
+    storage.client.delete_object(Bucket=gone["output_bucket"], Key=gone["output_key"])
+    assert reconcile(conn, storage, [cid]).campaigns_reopened == [cid]
+    # the campaign's own run was finishing: its finalize lands after the reopen
+    ledger.finish_campaign(conn, cid, "partial", {"succeeded": 1, "reused": 0, "failed": 1}, {}, None, None)
+    idle(conn, cid)
+    assert redrives_of(conn, cid) == [f"redrive__{cid}__1"]  # not left partial with work pending
+    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert redrives_of(conn, cid) == []  # once per stall: the re-drive is the run that finalizes it
+
+
+def test_a_reopened_campaign_gets_its_redrive_budget_back(conn: Any, storage: Storage, uid: str):
+    cid = campaign(conn, storage, uid, n=1)
+    render_all(conn, storage, cid)
+    with conn.cursor() as cur:  # finished on its last allowed re-drive
+        cur.execute("UPDATE campaigns SET redrives = 3, state = 'complete' WHERE campaign_id = %s", (cid,))
+    conn.commit()
+    gone = next(iter(ledger.results(conn, cid)))
+    storage.client.delete_object(Bucket=gone["output_bucket"], Key=gone["output_key"])
+    reconcile(conn, storage, [cid])
+    idle(conn, cid)
+    assert redrives_of(conn, cid) == [f"redrive__{cid}__4"]  # re-driven, not failed at once
+    assert ledger.campaign(conn, cid)["state"] == "planned"
+
+
+def test_a_finalized_drop_whose_object_vanished_is_rendered_and_finalized_again(
+    conn: Any, storage: Storage, tmp_path: Path, uid: str
+):
+    res = Resources(conn, storage)
+    base = f"s3://{settings().inbox_bucket}/tests/{uid}"
+    make_catalog(3, tmp_path, base + "/images", seed=int(uid[:6], 16))
+    req = DropRequest.from_params(params(upload(storage, tmp_path, base)))
+    first = run_drop(res, req, f"drop__{uid}")
+    cid = first["campaign_id"]
+    assert first["state"] == "complete"
+    gone = next(iter(ledger.results(conn, cid)))
+    storage.client.delete_object(Bucket=gone["output_bucket"], Key=gone["output_key"])
+
+    assert reconcile(conn, storage, [cid]).campaigns_reopened == [cid]
+    # a finalize that was already under way lands after the reopen: one render short, failed
+    assert finalize(res, cid, quality_check(res, cid))["state"] == "failed"
+    idle(conn, cid)
+    [redrive] = [r for r in stalled(conn, idle_s=300) if r["campaign_id"] == cid]
+    # the re-drive: a catalog_drop run with the run id and conf the reaper triggers
+    again = run_drop(res, DropRequest.from_params(redrive["conf"]), redrive["run_id"])
+    assert again["campaign_id"] == cid and again["state"] == "complete"
+    assert again["counts"] == first["counts"]
+    assert storage.exists(gone["output_bucket"], gone["output_key"])
+    reports = settings().reports_bucket
+    report = json.loads(storage.client.get_object(Bucket=reports, Key=f"campaigns/{cid}/report.json")["Body"].read())
+    assert report["state"] == "complete" and all(r["uri"] for r in report["renders"])  # rewritten
+
+
+# -- item 11: a campaign whose run is still queued or running is waiting, not stalled ------------------
+
+
+def test_a_campaign_queued_behind_another_is_not_redriven(conn: Any, storage: Storage, uid: str):
+    cid = campaign(conn, storage, uid)
+    with conn.cursor() as cur:
+        cur.execute("UPDATE campaigns SET dag_run_id = %s WHERE campaign_id = %s", (f"drop__{cid}", cid))
+    conn.commit()
+    active = {f"drop__{cid}"}  # its run waits in the provider's pool behind another campaign
+    asked: list[str] = []
+
+    def run_active(run_id: str) -> bool:
+        asked.append(run_id)
+        return run_id in active
+
+    for _ in range(5):  # however long it waits: never re-driven, never failed
+        idle(conn, cid)
+        assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == []
+    camp = ledger.campaign(conn, cid)
+    assert (camp["state"], camp["redrives"]) == ("planned", 0)
+    assert asked == [f"drop__{cid}"] * 5
+
+    active.clear()  # its run ended with work left: now it has stalled
+    assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == [f"redrive__{cid}__1"]
+    assert ledger.campaign(conn, cid)["last_run_id"] == f"redrive__{cid}__1"
+
+    active.add(f"redrive__{cid}__1")  # the re-drive is queued in turn: its latest run is what counts
+    idle(conn, cid)
+    assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == []
+    active.clear()
+    assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == [f"redrive__{cid}__2"]
+
+
+def test_a_campaign_is_not_failed_while_its_last_redrive_is_queued(conn: Any, storage: Storage, uid: str):
+    cid = campaign(conn, storage, uid)
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE campaigns SET redrives = 3, last_run_id = %s WHERE campaign_id = %s", (f"redrive__{cid}__3", cid)
+        )
+    conn.commit()
+    idle(conn, cid)
+    assert redrives_of(conn, cid, run_active=lambda r: r == f"redrive__{cid}__3", campaign_ids=[cid]) == []
+    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert redrives_of(conn, cid, run_active=lambda r: False, campaign_ids=[cid]) == []
     assert ledger.campaign(conn, cid)["state"] == "failed"
