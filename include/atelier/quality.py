@@ -32,6 +32,7 @@ def evaluate(
     """``rows`` are ledger.results(); ``present`` maps (bucket, key) to whether the object exists."""
     import great_expectations as gx
     import pandas as pd
+    from great_expectations.expectations.row_conditions import Column
 
     records = []
     for r in rows:
@@ -67,7 +68,7 @@ def evaluate(
     suite.add_expectation(gx.expectations.ExpectColumnValuesToBeInSet(column="ok", value_set=[True], mostly=threshold))
     suite.add_expectation(
         gx.expectations.ExpectColumnValuesToBeInSet(
-            column="has_object", value_set=[True], row_condition='state!="failed"', condition_parser="pandas"
+            column="has_object", value_set=[True], row_condition=Column("state") != "failed"
         )
     )
     result = batch.validate(suite)
