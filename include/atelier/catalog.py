@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from atelier.settings import load_config
+from atelier.settings import load_config, settings
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
 DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,6 +43,8 @@ class Brand:
     backdrop_bottom: str
     shadow_strength: float
     allowed_image_hosts: tuple[str, ...]
+    # s3 inputs (images and manifest) only under these "s3://bucket/prefix/" entries: see brand()
+    inbox: tuple[str, ...] = ()
 
 
 class ConfigError(ValueError):
@@ -65,11 +67,49 @@ def resolve_specs(names: list[str]) -> list[OutputSpec]:
     return [known[n] for n in sorted(set(names))]
 
 
+def _brand_inbox(slug: str, merged: dict[str, Any]) -> list[tuple[str, str]]:
+    """(bucket, prefix) pairs of a brand's inbox. ``{brand}`` and ``{inbox_bucket}`` in an entry
+    stand for the slug and the configured inbox bucket; the renders and reports buckets are refused."""
+    from atelier.manifest import output_buckets, parse_inbox
+
+    entries = merged.get("inbox", [])
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"brands.json: {slug}: inbox must be a list of s3:// prefixes, got {entries!r}")
+    pairs = []
+    for entry in entries:
+        uri = entry.replace("{brand}", slug).replace("{inbox_bucket}", settings().inbox_bucket)
+        try:
+            bucket, prefix = parse_inbox(uri)
+        except ValueError as exc:
+            raise ConfigError(f"brands.json: {slug}: inbox entry {uri!r} {exc}") from exc
+        if bucket in output_buckets():
+            raise ConfigError(f"brands.json: {slug}: inbox entry {uri!r} is an output bucket, never an input")
+        pairs.append((bucket, prefix))
+    return pairs
+
+
 def brand(slug: str) -> Brand:
+    """A brand's settings: its own entry in brands.json over ``_default``. Refused when its inbox
+    overlaps another configured brand's (e.g. a brand named after a prefix someone else owns)."""
     if not isinstance(slug, str) or not SLUG.match(slug):
         raise ConfigError(f"brand: {slug!r} is not a brand slug (lowercase letters, digits, '-', 2-40 chars)")
     brands: dict[str, Any] = load_config("brands.json")
     merged = {**brands["_default"], **brands.get(slug, {})}
+    inbox = _brand_inbox(slug, merged)
+    for other, cfg in brands.items():
+        if other.startswith("_") or other == slug:
+            continue
+        try:
+            theirs = _brand_inbox(other, {**brands["_default"], **cfg})
+        except ConfigError:
+            continue  # refused when that brand is used
+        for bucket, prefix in inbox:
+            for their_bucket, their_prefix in theirs:
+                if bucket == their_bucket and (prefix.startswith(their_prefix) or their_prefix.startswith(prefix)):
+                    raise ConfigError(
+                        f"brand: {slug}'s inbox s3://{bucket}/{prefix} overlaps brand {other}'s "
+                        f"s3://{their_bucket}/{their_prefix}"
+                    )
     return Brand(
         slug=slug,
         success_threshold=float(merged["success_threshold"]),
@@ -77,6 +117,7 @@ def brand(slug: str) -> Brand:
         backdrop_bottom=merged["backdrop_bottom"],
         shadow_strength=float(merged["shadow_strength"]),
         allowed_image_hosts=tuple(merged["allowed_image_hosts"]),
+        inbox=tuple(f"s3://{bucket}/{prefix}" for bucket, prefix in inbox),
     )
 
 

@@ -69,17 +69,21 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
 # -- manifest ----------------------------------------------------------------------------------
 def cmd_manifest_validate(args: argparse.Namespace) -> int:
-    from atelier.manifest import detect_format, validate
+    from atelier.manifest import Problem, Report, check_manifest_uri, detect_format, validate
 
-    hosts = catalog.brand(args.brand).allowed_image_hosts
+    brand = catalog.brand(args.brand)
     fmt = args.format or detect_format(args.path)
     try:
         if args.path.startswith("s3://"):
-            with _storage().open(args.path) as body:
-                report = validate(body, fmt, hosts)
+            if reason := check_manifest_uri(args.path, brand):  # the rule a trigger applies
+                report = Report()
+                report.add(Problem(None, "manifest_uri", reason))
+            else:
+                with _storage().open(args.path) as body:
+                    report = validate(body, fmt, brand)
         else:
             with open(args.path, "rb") as fh:
-                report = validate(fh, fmt, hosts)
+                report = validate(fh, fmt, brand)
     except OSError as exc:
         raise UsageError(f"cannot read {args.path}: {exc}") from exc
     if args.json:
@@ -139,7 +143,7 @@ def prepare_trigger(
     }
     req = DropRequest.from_params(conf)
     with _storage().open(manifest_uri) as body:
-        report = validate(body, detect_format(manifest_uri), catalog.brand(brand).allowed_image_hosts)
+        report = validate(body, detect_format(manifest_uri), catalog.brand(brand))
     if not report.ok:
         raise ManifestError(report)
     drop = req.drop_id or catalog.default_drop_id(report.sha256)
@@ -422,33 +426,92 @@ def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str) -> dic
     }
 
 
-def _validate_in_child(path: str) -> tuple[float, float, int]:
+def _validate_in_child(path: str, fmt: str = "csv", brand: str = "atelier-test") -> dict[str, Any]:
     import resource
 
     from atelier.manifest import validate
 
     started = time.perf_counter()
     with open(path, "rb") as fh:
-        report = validate(fh, "csv", ())
+        report = validate(fh, fmt, catalog.brand(brand))
     seconds = time.perf_counter() - started
-    assert report.ok, report.problems[:3]
-    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, report.rows
+    return {
+        "rows": report.rows,
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "valid": report.ok,
+        "problems": report.problems_total,
+        "first_problem": str(report.problems[0])[:160] if report.problems else None,
+    }
+
+
+def _validate_path_in_child(path: Path, fmt: str) -> dict[str, Any]:
+    """Validation in a fresh process, so its peak RSS is this manifest's alone."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_validate_in_child, (str(path), fmt))
 
 
 def bench_manifest(rows: int) -> dict[str, Any]:
     """Validation time and the validating process's peak RSS for a manifest of ``rows`` rows."""
-    import multiprocessing as mp
     import tempfile
 
+    inbox = settings().inbox_bucket
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.csv"
         with path.open("w") as fh:
             fh.write("sku,title,category,image_uri,colour,season\n")
             for i in range(rows):
-                fh.write(f"B-{i:07d},Wool coat {i},coat,s3://atelier-inbox/bench/B-{i:07d}.jpg,camel,AW26\n")
-        with mp.get_context("spawn").Pool(1) as pool:
-            seconds, rss_mb, n = pool.apply(_validate_in_child, (str(path),))
-    return {"rows": n, "seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb, 1)}
+                fh.write(f"B-{i:07d},Wool coat {i},coat,s3://{inbox}/bench/B-{i:07d}.jpg,camel,AW26\n")
+        result = _validate_path_in_child(path, "csv")
+    assert result["valid"], result["first_problem"]
+    return result
+
+
+def bench_hostile_manifests(megabytes: int = 64) -> dict[str, dict[str, Any]]:
+    """Time, peak RSS and the first problem for hostile manifests: a single line of ``megabytes`` MB
+    (CSV and JSON Lines), 20,000 columns, and JSON Lines with a 5,000-digit integer, 15,000-deep
+    nesting, NaN and a lone surrogate. Each must be refused with a problem, in flat memory."""
+    import tempfile
+
+    image = f"s3://{settings().inbox_bucket}/bench/H-1.jpg"
+    piece = "x" * (1 << 20)
+    cases: dict[str, tuple[str, list[str]]] = {
+        "baseline (1-row CSV)": ("csv", ["sku,title,category,image_uri\n", f"H-1,Coat,coat,{image}\n"]),
+        f"single {megabytes} MB line (CSV)": (
+            "csv",
+            ["sku,title,category,image_uri\n", "H-1,", *[piece] * megabytes, f",coat,{image}\n"],
+        ),
+        f"single {megabytes} MB line (JSONL)": (
+            "jsonl",
+            ['{"sku": "H-1", "title": "', *[piece] * megabytes, f'", "category": "coat", "image_uri": "{image}"}}\n'],
+        ),
+        "20,000 columns (CSV)": (
+            "csv",
+            [
+                "sku,title,category,image_uri," + ",".join(f"c{i}" for i in range(20_000)) + "\n",
+                f"H-1,Coat,coat,{image}," + ",".join("v" for _ in range(20_000)) + "\n",
+            ],
+        ),
+        "5,000-digit int, 15,000-deep nesting, NaN, lone surrogate (JSONL)": (
+            "jsonl",
+            [
+                f'{{"sku": "H-1", "title": "Coat", "category": "coat", "image_uri": "{image}", "n": {"9" * 5000}}}\n',
+                "[" * 15_000 + "]" * 15_000 + "\n",
+                f'{{"sku": "H-3", "title": "Coat", "category": "coat", "image_uri": "{image}", "w": NaN}}\n',
+                f'{{"sku": "H-4", "title": "Co\\ud800at", "category": "coat", "image_uri": "{image}"}}\n',
+            ],
+        ),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, (fmt, parts) in cases.items():
+            path = Path(tmp) / f"m.{fmt}"
+            with path.open("w") as fh:
+                fh.writelines(parts)
+            results[label] = {"bytes": path.stat().st_size, **_validate_path_in_child(path, fmt)}
+    return results
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -458,6 +521,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for rows in (10_000, 100_000):
         m = bench_manifest(rows)
         print(f"manifest validation: {m['rows']} rows in {m['seconds']} s, peak RSS {m['peak_rss_mb']} MB")
+    for label, h in bench_hostile_manifests().items():
+        print(
+            f"hostile manifest, {label}: {h['bytes']:,} bytes in {h['seconds']} s, peak RSS {h['peak_rss_mb']} MB, "
+            f"{h['problems']} problem(s): {h['first_problem']}"
+        )
+    if args.manifest_only:
+        return EXIT_OK
     af = Airflow.connect()
     af.wait_for_dag()
     # Fresh seeds each run so nothing is deduplicated against an earlier bench.
@@ -584,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SKUs of the one-task-per-SKU comparison (Airflow allows up to 1024 in one map; at the "
         "~0.5 task instances/s measured on 2 cores, 1024 would take over half an hour)",
     )
+    b.add_argument("--manifest-only", action="store_true", help="only the manifest validation figures (no Airflow)")
     b.set_defaults(func=cmd_bench)
     return p
 

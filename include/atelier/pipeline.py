@@ -106,7 +106,7 @@ def validate_drop(res: Resources, req: DropRequest) -> dict[str, Any]:
     brand = catalog.brand(req.brand)
     report = Report()
     with res.storage.open(req.manifest_uri) as body:
-        for _ in iter_rows(body, detect_format(req.manifest_uri), brand.allowed_image_hosts, report):
+        for _ in iter_rows(body, detect_format(req.manifest_uri), brand, report):
             pass
     if not report.ok:
         raise ManifestError(report)
@@ -149,7 +149,7 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
         brand = catalog.brand(camp["brand"])
         report = Report()
         with res.storage.open(camp["manifest_uri"]) as body:
-            rows = list(iter_rows(body, detect_format(camp["manifest_uri"]), brand.allowed_image_hosts, report))
+            rows = list(iter_rows(body, detect_format(camp["manifest_uri"]), brand, report))
         if not report.ok:
             raise ManifestError(report)
         if report.sha256 != camp["manifest_sha256"]:
