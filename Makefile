@@ -3,20 +3,27 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 UV_VERSION := 0.13.9
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
+UV := $(VENV)/bin/uv
+# Pinned runtime (all a worker image installs) and dev/test requirements; the local venv has both.
+REQUIREMENTS := requirements.txt requirements-dev.txt
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) pyproject.toml | sha256sum | cut -c1-12)
 ATELIER := $(VENV)/bin/atelier
 
 .PHONY: venv up down status demo test lint bench chaos lock clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# The virtualenv with the pinned uv: all `make lock` needs.
+$(UV):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Debian: apt-get install python3.11 python3.11-venv)"; exit 1; }
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/python -m pip --version >/dev/null 2>&1 || $(VENV)/bin/python -m ensurepip >/dev/null
 	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
-	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -r requirements.txt
-	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q --no-deps -e .
+
+$(STAMP): $(REQUIREMENTS) pyproject.toml | $(UV)
+	@$(VENV)/bin/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q -r requirements.txt -r requirements-dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
 up: venv
@@ -49,9 +56,12 @@ bench: up
 chaos: up
 	$(ATELIER) chaos --skus $${SKUS:-2000} --outage $${OUTAGE:-60}
 
-# Regenerate the pinned requirements.txt from requirements.in.
-lock:
-	uv pip compile requirements.in -o requirements.txt --python-version 3.11
+# Re-pin: requirements.txt from requirements.in (runtime), then requirements-dev.txt from
+# requirements-dev.in, constrained by requirements.txt so a package both need has one version.
+# Existing pins are kept unless an .in file asks otherwise.
+lock: | $(UV)
+	$(UV) pip compile requirements.in -o requirements.txt --python-version 3.11
+	$(UV) pip compile requirements-dev.in -o requirements-dev.txt --python-version 3.11
 
 clean: down
 	rm -rf .state out
