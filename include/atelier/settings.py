@@ -13,7 +13,9 @@ from typing import Any
 
 from dotenv import dotenv_values
 
-ROOT = Path(__file__).resolve().parents[2]
+# The project directory (config/, sql/): the checkout this file is in, unless ATELIER_ROOT says
+# otherwise, as it must where the package is installed from a wheel (a worker image).
+ROOT = Path(os.environ.get("ATELIER_ROOT") or Path(__file__).resolve().parents[2])
 CONFIG_DIR = ROOT / "config"
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,18 @@ def test_the_checked_in_local_env(monkeypatch):
     assert values["PYTHONPATH"] == f"{ROOT}/include"
     conn = json.loads(values["AIRFLOW_CONN_ATELIER_S3"])
     assert conn["extra"]["endpoint_url"] == "http://127.0.0.1:55000"
+
+
+def test_atelier_root_locates_config_for_an_installed_package(tmp_path):
+    """A worker that installs the package as a wheel has no checkout around it: ATELIER_ROOT
+    points at the project directory holding config/."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "specs.json").write_text('{"only_spec": {"width": 1, "height": 1, "format": "PNG"}}')
+    (tmp_path / "config" / "local.env").write_text("ATELIER_REDIS_URL=redis://${ATELIER_ROOT}/0\n")
+    code = (
+        "from atelier.settings import CONFIG_DIR, load_config, _local_env;"
+        "print(CONFIG_DIR); print(list(load_config('specs.json'))); print(_local_env()['ATELIER_REDIS_URL'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATELIER_REDIS_URL"} | {"ATELIER_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [str(tmp_path / "config"), "['only_spec']", f"redis://{tmp_path}/0"]
