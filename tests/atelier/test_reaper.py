@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from atelier import catalog, ledger
-from atelier.pipeline import DropRequest, Resources, finalize, quality_check
+from atelier.campaign import DropRequest, finalize, quality_check
 from atelier.reaper import reap_expired, reconcile, stalled
+from atelier.resources import Resources
 from atelier.samples import make_catalog
 from atelier.settings import settings
 from atelier.storage import Storage, render_object_key
 from tests.atelier.test_ledger import SPECS, new_campaign, rows
-from tests.atelier.test_pipeline import params, run_drop, upload
+from tests.drops import params, run_drop, upload
 
 
 def campaign(conn: Any, storage: Storage, uid: str, n: int = 2) -> str:
