@@ -276,6 +276,11 @@ class _Refused:
 _SCALARS = (str, int, float, bool)
 
 
+def _field_name(key: Any) -> str:
+    """A key as a problem's field: verbatim when it is a valid name, else its repr (printable, bounded)."""
+    return key if isinstance(key, str) and (key in REQUIRED or ATTRIBUTE.match(key)) else repr(key)[:64]
+
+
 def _text_problem(value: str, max_len: int) -> str | None:
     if not value.strip():
         return "is empty"
@@ -320,7 +325,7 @@ def _check_row(number: int, rec: dict[str, Any], rules: InputSource, report: Rep
         if key in REQUIRED:
             continue
         if not isinstance(key, str) or not ATTRIBUTE.match(key):
-            problem(repr(key)[:64], "is not a valid attribute name")
+            problem(_field_name(key), "is not a valid attribute name")
         elif isinstance(value, _Refused):
             problem(key, value.reason)
         elif value is not None and not isinstance(value, _SCALARS):
@@ -498,7 +503,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         dupe = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
-        raise _JsonRowError(dupe[:64], "appears more than once in the object")
+        raise _JsonRowError(_field_name(dupe), "appears more than once in the object")
     return obj
 
 

@@ -325,10 +325,16 @@ def test_a_manifest_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPat
 
 def test_cli_reports_hostile_jsonl_rows_without_a_traceback(tmp_path: Path):
     path = tmp_path / "m.jsonl"
-    path.write_text(
-        "\n".join([row_json("S1", n="9" * 5000), "[" * 15_000 + "]" * 15_000, row_json("S3", w="NaN")]) + "\n"
-    )
-    out = cli("manifest", "validate", str(path), "--json")
-    assert out.returncode == 1, out.stderr
-    assert "Traceback" not in out.stderr
-    assert [(p["row"], p["field"]) for p in json.loads(out.stdout)["problems"]] == [(1, "n"), (2, None), (3, "w")]
+    rows = [
+        row_json("S1", n="9" * 5000),
+        "[" * 15_000 + "]" * 15_000,
+        row_json("S3", w="NaN"),
+        row_json("S4", **{"b\\ud800": "1"}),  # a key that is a lone surrogate: named printably
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    for args in (["--json"], []):
+        out = cli("manifest", "validate", str(path), *args)
+        assert out.returncode == 1, out.stderr
+        assert "Traceback" not in out.stderr
+    problems = json.loads(cli("manifest", "validate", str(path), "--json").stdout)["problems"]
+    assert [(p["row"], p["field"]) for p in problems] == [(1, "n"), (2, None), (3, "w"), (4, "'b\\ud800'")]
