@@ -191,6 +191,17 @@ def stalled(
     run_active: Callable[[str], bool] | None = None,
     campaign_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
+    """The re-drives of :func:`redrive_or_give_up` (campaigns it gives up are marked failed)."""
+    return redrive_or_give_up(conn, idle_s, max_redrives, run_active, campaign_ids)[0]
+
+
+def redrive_or_give_up(
+    conn: Any,
+    idle_s: int = IDLE_S,
+    max_redrives: int = MAX_REDRIVES,
+    run_active: Callable[[str], bool] | None = None,
+    campaign_ids: list[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Campaigns left with work to do, no activity for ``idle_s`` seconds and no Airflow run still
     queued or running, each with the run id and conf of its next re-drive (the counter makes the
     run id unique and stable; it becomes the campaign's ``last_run_id``).
@@ -201,7 +212,7 @@ def stalled(
     ``None`` means the caller knows no run of these campaigns is active.
     A campaign re-driven ``max_redrives`` times since it was last reopened is marked failed instead
     (e.g. its manifest or images are gone), so nothing is re-driven forever.
-    ``campaign_ids`` limits the sweep to those campaigns."""
+    ``campaign_ids`` limits the sweep to those campaigns. Returns (re-drives, campaigns given up)."""
     args: dict[str, Any] = {"idle": idle_s, "max": max_redrives, "finished": list(FINISHED)}
     only = ""
     if campaign_ids is not None:
@@ -218,7 +229,7 @@ def stalled(
     if waiting:
         log.info("%d stalled-looking campaign(s) still have a queued or running run: left alone", waiting)
     if not args["idle_ids"]:
-        return []
+        return [], []
     with conn.cursor() as cur:
         cur.execute(
             f"""UPDATE campaigns c SET state = 'failed', finished_at = now(), updated_at = now(), reopened_at = NULL,
@@ -227,7 +238,8 @@ def stalled(
                 RETURNING campaign_id""",
             args,
         )
-        for (cid,) in cur.fetchall():
+        given_up = sorted(r[0] for r in cur.fetchall())
+        for cid in given_up:
             log.error("campaign %s stalled after %s re-drives: marked failed", cid, max_redrives)
         # A reopened campaign that was finalized is planned again: its re-drive renders and finalizes it.
         cur.execute(
@@ -241,7 +253,7 @@ def stalled(
         )
         rows = cur.fetchall()
     conn.commit()
-    return [
+    redrives = [
         {
             "campaign_id": cid,
             "run_id": run_id,
@@ -258,6 +270,42 @@ def stalled(
         }
         for cid, brand, drop, uri, specs, provider, priority, run_id in rows
     ]
+    return redrives, given_up
+
+
+@dataclass
+class Sweep:
+    expired: dict[str, int]  # leases returned to pending, per campaign
+    reconciled: Reconciled
+    redrives: list[dict[str, Any]]  # run id and conf of each re-drive to trigger
+    given_up: list[str]  # marked failed after their last re-drive; report rewritten
+
+    def __str__(self) -> str:
+        return (
+            f"expired leases returned: {self.expired}; reconcile: {self.reconciled}; "
+            f"re-drives: {[r['run_id'] for r in self.redrives]}; given up: {self.given_up}"
+        )
+
+
+def sweep(res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list[str] | None = None) -> Sweep:
+    """One pass of the reaper (``res``: a ledger connection and S3 storage): expired leases back to
+    pending, ledger and S3 reconciled, stalled campaigns re-driven or given up. A campaign given up
+    is finalized again (failed, with the reason) so its report and contact sheet stop describing
+    an earlier outcome, e.g. "complete" before one of its objects was lost.
+    ``campaign_ids``: only these (default: every campaign touched in the last 24 hours)."""
+    from atelier.campaign import finalize
+
+    expired = reap_expired(res.conn)
+    fixed = reconcile(res.conn, res.storage, active_campaigns(res.conn) if campaign_ids is None else campaign_ids)
+    redrives, given_up = redrive_or_give_up(res.conn, run_active=run_active, campaign_ids=campaign_ids)
+    for cid in given_up:
+        note = ledger.campaign(res.conn, cid)["qa"] or {}
+        qa = {"success": False, "success_ratio": 0.0, "missing_objects": None, **note}
+        try:
+            finalize(res, cid, qa)
+        except Exception:  # the ledger says failed already; only the report stays stale
+            log.exception("could not rewrite the report of %s", cid)
+    return Sweep(expired, fixed, redrives, given_up)
 
 
 def active_campaigns(conn: Any, hours: int = 24) -> list[str]:

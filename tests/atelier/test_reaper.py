@@ -10,7 +10,7 @@ import pytest
 
 from atelier import catalog, ledger
 from atelier.campaign import DropRequest, finalize, quality_check
-from atelier.reaper import reap_expired, reconcile, stalled
+from atelier.reaper import reap_expired, reconcile, stalled, sweep
 from atelier.resources import Resources
 from atelier.samples import make_catalog
 from atelier.settings import settings
@@ -257,3 +257,27 @@ def test_a_campaign_is_not_failed_while_its_last_redrive_is_queued(conn: Any, st
     assert ledger.campaign(conn, cid)["state"] == "planned"
     assert redrives_of(conn, cid, run_active=lambda r: False, campaign_ids=[cid]) == []
     assert ledger.campaign(conn, cid)["state"] == "failed"
+
+
+def test_a_reopened_campaign_given_up_gets_a_report_that_says_so(conn: Any, storage: Storage, tmp_path: Path, uid: str):
+    res = Resources(conn, storage)
+    base = f"s3://{settings().inbox_bucket}/tests/{uid}"
+    make_catalog(2, tmp_path, base + "/images", seed=int(uid[:6], 16))
+    req = DropRequest.from_params(params(upload(storage, tmp_path, base)))
+    cid = run_drop(res, req, f"drop__{uid}")["campaign_id"]
+    gone = next(iter(ledger.results(conn, cid)))
+    storage.client.delete_object(Bucket=gone["output_bucket"], Key=gone["output_key"])
+    assert sweep(res, run_active=None, campaign_ids=[cid]).reconciled.campaigns_reopened == [cid]
+    with conn.cursor() as cur:  # its 3 re-drives since the reopen could not render it (inputs gone)
+        cur.execute("UPDATE campaigns SET redrives = redrives_at_reopen + 3 WHERE campaign_id = %s", (cid,))
+    conn.commit()
+    idle(conn, cid)
+
+    done = sweep(res, run_active=None, campaign_ids=[cid])
+    assert (done.redrives, done.given_up) == ([], [cid])
+    assert ledger.campaign(conn, cid)["state"] == "failed"
+    key = f"campaigns/{cid}/report.json"
+    report = json.loads(storage.client.get_object(Bucket=settings().reports_bucket, Key=key)["Body"].read())
+    assert report["state"] == "failed" and "stalled after 3 re-drives" in report["qa"]["note"]  # not "complete"
+    lost = [r for r in report["renders"] if r["sku"] == gone["sku"] and r["spec"] == gone["spec"]]
+    assert [(r["state"], r["uri"]) for r in lost] == [("pending", None)]
