@@ -107,7 +107,7 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 
 class StudioRenderer:
     name = "studio"
-    model_version = f"studio-renderer/1.1 (pillow {PIL.__version__})"
+    model_version = f"studio-renderer/1.2 (pillow {PIL.__version__})"  # 1.2: EXIF upright, 16-bit scaled
     capabilities = Capabilities(max_in_flight=3, rps=0, idempotency_keys=False, mode="sync")
 
     def __init__(self) -> None:
