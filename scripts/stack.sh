@@ -115,12 +115,52 @@ sctl() { "$VENV/bin/supervisorctl" -c "$SUPERVISOR_CONF" "$@"; }
 
 supervisord_running() { sctl pid >/dev/null 2>&1; }
 
+last_spawned() {
+  # "name pid epoch" of each program's process that the last supervisord started and did not see
+  # exit (from its log: "spawned: 'name' with pid N", then "exited:"/"stopped:").
+  awk '
+    /supervisord started with pid/ { split("", pid); split("", at); next }
+    $4 == "spawned:" { p = $5; gsub("\047", "", p); pid[p] = $NF; at[p] = $1 " " substr($2, 1, 8) }
+    $4 == "exited:" || $4 == "stopped:" { delete pid[$5] }
+    END { for (p in pid) print p, pid[p], at[p] }
+  ' "$LOGS/supervisord.log" 2>/dev/null | while read -r name pid day time; do
+    echo "$name $pid $(date -d "$day $time" +%s)"
+  done
+}
+
+orphans() {
+  # "name pid" of each program a killed supervisord left running, unsupervised: the last process it
+  # spawned for the program, if that pid is still a process-group leader (supervisord makes each
+  # program one) that started within 2 s of the logged spawn (so not a reused pid).
+  local name pid spawned age skew
+  supervisord_running && return 0
+  while read -r name pid spawned; do
+    [ "$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$pid" ] || continue
+    age=$(ps -o etimes= -p "$pid" 2>/dev/null | tr -d ' ')
+    [ -n "$age" ] || continue
+    skew=$(( $(date +%s) - age - spawned ))
+    if [ "$skew" -lt -2 ] || [ "$skew" -gt 2 ]; then continue; fi
+    echo "$name $pid"
+  done < <(last_spawned)
+}
+
+stop_orphans() {
+  local name pid
+  while read -r name pid; do
+    log "stopping $name (process group $pid), left running by a supervisord that died"
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  done < <(orphans)
+}
+
 start_supervisord() {
   if supervisord_running; then
     # Apply edits of config/supervisord.conf (a changed program is stopped and re-added; it is
     # started again below). With the file unchanged this changes nothing.
     sctl update >/dev/null
   else
+    stop_orphans
     "$VENV/bin/supervisord" -c "$SUPERVISOR_CONF" </dev/null >>"$LOGS/supervisord.out" 2>&1
     wait_for supervisord 20 supervisord_running
   fi
@@ -221,6 +261,8 @@ down() {
     # Stops every program (its whole process group), then supervisord exits.
     sctl shutdown >/dev/null
     for _ in $(seq 1 240); do kill -0 "$spid" 2>/dev/null || break; sleep 0.5; done
+  else
+    stop_orphans
   fi
   stop_unsupervised
   if [ -f "$PIDS/postgres.pid.note" ]; then
@@ -245,8 +287,9 @@ restart_counts() {
 }
 
 status() {
+  local name pid
   if supervisord_running; then
-    local counts name state detail restarts
+    local counts state detail restarts
     counts=$(restart_counts)
     # supervisorctl status: "group:name  STATE  pid 123, uptime 0:01:02" (exits 3 when one is down).
     while read -r name state detail; do
@@ -256,7 +299,11 @@ status() {
     done < <(sctl status || true)
     echo "supervisord: running (pid $(sctl pid), socket $STATE/supervisor.sock)"
   else
-    for name in "${PROGRAMS[@]}"; do echo "$name: stopped"; done
+    local left; left=$(orphans)
+    for name in "${PROGRAMS[@]}"; do
+      pid=$(awk -v p="$name" '$1 == p { print $2 }' <<<"$left")
+      if [ -n "$pid" ]; then echo "$name: unsupervised (pid $pid; supervisord died: make up replaces it)"; else echo "$name: stopped"; fi
+    done
     echo "supervisord: stopped"
   fi
   if [ -f "$PGDATA/postmaster.pid" ]; then echo "postgres: running (pg_ctl)"; else echo "postgres: stopped"; fi
