@@ -204,6 +204,8 @@ start_airflow() {
 
 run_program() { # name: exec one program in the foreground (supervisord's command for it)
   load_secrets
+  # Its output goes through supervisord's pipe: unbuffered, so log lines land as they happen.
+  export PYTHONUNBUFFERED=1
   case "$1" in
     # Foreground, logging to stdout: supervisord owns the process and its log.
     redis) exec redis-server --port "$ATELIER_REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
