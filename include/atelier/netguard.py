@@ -179,14 +179,27 @@ def deadline(seconds: float) -> Iterator[float]:
         _deadline.reset(token)
 
 
-def _bounded(timeout: float | None, exc: type[Exception]) -> float | None:
+_DEADLINE_MESSAGE = "total deadline exceeded"
+
+
+@contextmanager
+def _within(timeout: float | None, exc: type[Exception]) -> Iterator[float | None]:
+    """The timeout for one socket operation: ``timeout`` cut to what is left of the deadline. A
+    timeout that the deadline caused is raised as ``exc("total deadline exceeded")``."""
     at = _deadline.get()
     if at is None:
-        return timeout
+        yield timeout
+        return
     remaining = at - time.monotonic()
     if remaining <= 0:
-        raise exc("total deadline exceeded")
-    return remaining if timeout is None else min(timeout, remaining)
+        raise exc(_DEADLINE_MESSAGE)
+    if timeout is not None and timeout < remaining:
+        yield timeout
+        return
+    try:
+        yield remaining
+    except httpcore.TimeoutException:
+        raise exc(_DEADLINE_MESSAGE) from None
 
 
 class _DeadlineStream(httpcore.NetworkStream):
@@ -194,10 +207,12 @@ class _DeadlineStream(httpcore.NetworkStream):
         self.inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self.inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+        with _within(timeout, httpcore.ReadTimeout) as bound:
+            return self.inner.read(max_bytes, bound)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+        with _within(timeout, httpcore.WriteTimeout) as bound:
+            self.inner.write(buffer, bound)
 
     def close(self) -> None:
         self.inner.close()
@@ -205,8 +220,8 @@ class _DeadlineStream(httpcore.NetworkStream):
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> httpcore.NetworkStream:
-        tls = self.inner.start_tls(ssl_context, server_hostname, _bounded(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(tls)
+        with _within(timeout, httpcore.ConnectTimeout) as bound:
+            return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, bound))
 
     def get_extra_info(self, info: str) -> Any:
         return self.inner.get_extra_info(info)
@@ -250,9 +265,8 @@ class GuardedBackend(httpcore.NetworkBackend):
         last: Exception | None = None
         for address in self.addresses(host, port):
             try:
-                stream = self.inner.connect_tcp(
-                    address, port, _bounded(timeout, httpcore.ConnectTimeout), local_address, socket_options
-                )
+                with _within(timeout, httpcore.ConnectTimeout) as bound:
+                    stream = self.inner.connect_tcp(address, port, bound, local_address, socket_options)
                 return _DeadlineStream(stream)
             except httpcore.ConnectError as exc:  # try the next vetted address
                 last = exc
@@ -341,7 +355,7 @@ def send(
                     if time.monotonic() > at:
                         raise DeadlineExceeded(f"no complete response within {total_timeout_s:g}s")
         except httpx.TimeoutException as exc:
-            if time.monotonic() >= at and not isinstance(exc, DeadlineExceeded):
+            if not isinstance(exc, DeadlineExceeded) and (str(exc) == _DEADLINE_MESSAGE or time.monotonic() >= at):
                 raise DeadlineExceeded(f"no complete response within {total_timeout_s:g}s") from exc
             raise
     return httpx.Response(
