@@ -84,18 +84,18 @@ def redis_client(url: str | None = None) -> Any:
 
 @contextmanager
 def coordination(client: Any) -> Iterator[None]:
-    """Turns "Redis unreachable" inside the block into CoordinationUnavailable (fail closed)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    """Turns "Redis cannot do its job" inside the block into CoordinationUnavailable (fail closed):
+    unreachable, timed out, not speaking Redis, read-only replica or out of memory."""
+    from redis import exceptions as rx
 
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except (rx.ConnectionError, rx.TimeoutError, rx.InvalidResponse, rx.ReadOnlyError, rx.OutOfMemoryError) as exc:
         kw = client.connection_pool.connection_kwargs
         where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}".rstrip(":")
+        what = "unreachable" if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)) else "not usable"
         raise CoordinationUnavailable(
-            f"redis at {where} unreachable: rate limit and circuit breaker cannot be enforced "
-            f"({type(exc).__name__}: {exc})"
+            f"redis at {where} {what}: rate limit and circuit breaker cannot be enforced ({type(exc).__name__}: {exc})"
         ) from exc
 
 

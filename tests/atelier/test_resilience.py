@@ -283,3 +283,21 @@ def test_redis_down_fails_closed_with_a_clear_transient_error(uid: str, dead_red
     with pytest.raises(CoordinationUnavailable):
         call_with_retries(lambda: calls.append(1), budget)
     assert calls == []  # the provider is never called without its limits
+
+
+def test_a_server_that_is_not_redis_fails_closed_too(uid: str):
+    """Something else answering on the Redis address (here: an HTTP server's 400) is as unusable."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+
+        def answer() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        url = f"redis://127.0.0.1:{srv.getsockname()[1]}/0"
+        with pytest.raises(CoordinationUnavailable, match="not usable"):
+            CircuitBreaker(f"nr-{uid}", url=url).allow()
