@@ -4,22 +4,20 @@ budget and policy, and the rule for which failures are transient.
 
 How a call's outcome is classified (``HttpProvider._once``), and what the breaker records:
 
-============================================  ==============  ==============================
-what happened                                  raised          breaker
-============================================  ==============  ==============================
-2xx with the expected body                     (returns)       success
-429                                            Transient       success (the service is up)
-5xx                                            Transient       failure
-other 4xx, 3xx (redirects are not followed)   Permanent       success
-timeout, or the total deadline passed          Transient       failure
-connection/protocol error (httpx.Transport*)   Transient       failure
-any other httpx error (e.g. DecodingError)     Transient       failure ("unknown provider error")
-2xx whose body is not JSON where JSON is due   Transient       failure
-body over the byte cap                         Permanent       success (it answered; too big)
-invalid URL (configuration)                    Permanent       not judged
-rate-limit slot not granted in time            Transient       not judged
-interrupted (KeyboardInterrupt, SystemExit)    (re-raised)     not judged
-============================================  ==============  ==============================
+  what happened                                   raised      breaker
+  2xx with the expected body                      -           success
+  429                                             Transient   success (the service is up)
+  5xx                                             Transient   failure
+  other 4xx; 3xx (redirects are never followed)   Permanent   success
+  timeout, or the total deadline passed           Transient   failure
+  connection/protocol error (httpx.Transport*)    Transient   failure
+  any other httpx error (e.g. DecodingError)      Transient   failure ("unknown provider error")
+  2xx whose body is not JSON where JSON is due    Transient   failure
+  2xx JSON without a field we need (id, status)   Transient   success (checked by the caller)
+  body over the byte cap                          Permanent   success (it answered, too much)
+  invalid URL (configuration)                     Permanent   not judged
+  rate-limit slot not granted in time             Transient   not judged
+  interrupted (KeyboardInterrupt, SystemExit)     re-raised   not judged
 
 "Not judged" calls record nothing, except a half-open probe, which always records a failure so
 the breaker re-opens and hands out a new probe later instead of staying half-open. Error
