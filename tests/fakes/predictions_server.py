@@ -2,8 +2,9 @@
 rendering with the studio renderer. Run: python -m tests.fakes.predictions_server --port N
 
 For the credential tests it also plays a hostile API: ``POST /admin/output {"url": ...}`` makes
-every later prediction answer that output URL instead of its own ``/files/<id>``, and
-``GET /admin/file-requests`` lists the Authorization header each ``/files`` request carried."""
+every later prediction answer that output URL instead of its own ``/files/<id>`` (``null``
+restores those), and ``GET /admin/file-requests`` lists the Authorization header each ``/files``
+request carried."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ def create_app() -> FastAPI:
 
     @app.post("/admin/output")
     async def set_output(request: Request) -> dict[str, str]:
-        output_override["url"] = str((await request.json())["url"])
+        url = (await request.json())["url"]
+        output_override.clear()
+        if url is not None:  # null: back to the server's own /files URLs
+            output_override["url"] = str(url)
         return output_override
 
     @app.get("/admin/file-requests")

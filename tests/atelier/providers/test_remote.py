@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -123,22 +124,31 @@ def test_shared_rate_limit_holds_at_the_server_with_several_worker_processes(uid
 LOCAL_OUTPUTS = {"outputs_allow_http": True, "outputs_allow_networks": ["127.0.0.0/8"]}
 
 
-def test_predictions_adapter_speaks_the_protocol(uid: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+@pytest.fixture(scope="module")
+def predictions_api() -> Iterator[str]:
+    """One fake predictions API for the module (each test sets the output URL it needs)."""
     with server(["-m", "tests.fakes.predictions_server"]) as url:
-        cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05, **LOCAL_OUTPUTS}
-        provider = PredictionsProvider(f"pred-{uid}", cfg)
-        assert provider.render(SOURCE, SPEC, BRAND, "k") == StudioRenderer().render(SOURCE, SPEC, BRAND)
-        # The output was fetched without the API token.
-        fetched = httpx.get(f"{url}/admin/file-requests").json()
-        assert len(fetched) == 1 and fetched[0]["authorization"] is None
-        with pytest.raises(PermanentError, match="failed: width must be positive"):
-            provider.render(SOURCE, catalog.OutputSpec("x", 0, 10, "JPEG"), BRAND, "k2")
-        monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "wrong")
-        with pytest.raises(PermanentError, match="401") as refused:
-            PredictionsProvider(f"pred2-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k3")
-        # Status code and a fixed reason, never the remote body ({"detail": "Unauthenticated"}).
-        assert "Unauthenticated" not in str(refused.value) and "401 Unauthorized" in str(refused.value)
+        yield url
+
+
+def test_predictions_adapter_speaks_the_protocol(uid: str, monkeypatch: pytest.MonkeyPatch, predictions_api: str):
+    url = predictions_api
+    httpx.post(f"{url}/admin/output", json={"url": None}).raise_for_status()
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+    cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05, **LOCAL_OUTPUTS}
+    provider = PredictionsProvider(f"pred-{uid}", cfg)
+    before = len(httpx.get(f"{url}/admin/file-requests").json())
+    assert provider.render(SOURCE, SPEC, BRAND, "k") == StudioRenderer().render(SOURCE, SPEC, BRAND)
+    # The output was fetched, without the API token.
+    fetched = httpx.get(f"{url}/admin/file-requests").json()[before:]
+    assert len(fetched) == 1 and fetched[0]["authorization"] is None
+    with pytest.raises(PermanentError, match="failed: width must be positive"):
+        provider.render(SOURCE, catalog.OutputSpec("x", 0, 10, "JPEG"), BRAND, "k2")
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "wrong")
+    with pytest.raises(PermanentError, match="401") as refused:
+        PredictionsProvider(f"pred2-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k3")
+    # Status code and a fixed reason, never the remote body ({"detail": "Unauthenticated"}).
+    assert "Unauthenticated" not in str(refused.value) and "401 Unauthorized" in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -154,17 +164,15 @@ def test_predictions_adapter_speaks_the_protocol(uid: str, monkeypatch: pytest.M
     ],
 )
 def test_hostile_output_urls_are_refused_and_never_get_the_token(
-    uid: str, monkeypatch: pytest.MonkeyPatch, output: str, allow: dict[str, Any], reason: str
+    uid: str, monkeypatch: pytest.MonkeyPatch, predictions_api: str, output: str, allow: dict[str, Any], reason: str
 ):
     """The API answers an output URL aimed at the worker's network: it is refused before any
     connection (the capture listener sees nothing), as a permanent failure naming the reason."""
     from tests.fakes.raw_http import answer, raw_server
 
+    url = predictions_api
     monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
-    with (
-        server(["-m", "tests.fakes.predictions_server"]) as url,
-        raw_server(lambda seen, sock: answer(sock, 200, b"stolen")) as (capture, port),
-    ):
+    with raw_server(lambda seen, sock: answer(sock, 200, b"stolen")) as (capture, port):
         target = output.format(capture=f"http://127.0.0.1:{port}", port=port)
         httpx.post(f"{url}/admin/output", json={"url": target}).raise_for_status()
         cfg = {**config("predictions"), "url": url, "poll_interval_s": 0.05, "attempts": 1, **allow}
