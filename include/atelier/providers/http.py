@@ -62,6 +62,19 @@ def retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+MAX_ERROR_CHARS = 200
+
+
+def job_error(value: Any) -> str | None:
+    """A job's ``error`` field as one bounded line of printable text, or None. It is the
+    provider's own structured reason (useful: "width must be positive"), but it is remote text
+    that lands in reports, so it is never passed on raw or unbounded."""
+    if value is None:
+        return None
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
 def field(body: Any, name: str, provider: str) -> Any:
     """``body[name]`` of a provider document, or a TransientError naming what was missing."""
     if not isinstance(body, dict) or name not in body:

@@ -24,16 +24,8 @@ from typing import Any
 
 from atelier import netguard
 from atelier.catalog import Brand, OutputSpec
-from atelier.providers.http import HttpProvider, field
+from atelier.providers.http import HttpProvider, field, job_error
 from atelier.resilience import PermanentError, TransientError, call_with_retries
-
-MAX_ERROR_CHARS = 200
-
-
-def job_error(value: Any) -> str:
-    """The API's ``error`` field as one bounded line of printable text (it lands in reports)."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class PredictionsProvider(HttpProvider):

@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from atelier.catalog import Brand, OutputSpec
-from atelier.providers.http import HttpProvider, field
+from atelier.providers.http import HttpProvider, field, job_error
 
 
 class RefServiceProvider(HttpProvider):
@@ -30,7 +30,7 @@ class RefServiceProvider(HttpProvider):
     def parse_status(self, body: dict[str, Any]) -> dict[str, Any]:
         raw = field(body, "status", self.name)
         status = raw if raw in ("succeeded", "failed") else "running"
-        return {"status": status, "error": body.get("error")}
+        return {"status": status, "error": job_error(body.get("error"))}
 
     def result(self, job_id: str, status: dict[str, Any]) -> bytes:
         return self.request_bytes("GET", f"/v1/jobs/{job_id}/result")

@@ -197,3 +197,14 @@ def test_a_probe_stranded_by_the_rate_limit_does_not_leave_the_breaker_half_open
         p.limiter = None
         assert p.render(SOURCE, SPEC, BRAND, f"k2-{uid}") == b"IMG"  # a new probe, which closes it
         assert p.breaker.state() == "closed"
+
+
+def test_a_failed_jobs_error_text_is_bounded_and_printable(uid: str):
+    """The job's own ``error`` field is kept (it is the useful reason) but as one short line."""
+    error = "width must be positive \x1b[31m\n" + "A" * 5000
+    failed = json.dumps({"status": "failed", "error": error}).encode()
+    server = raw_server(job_protocol(status=lambda s, k: answer(k, 200, failed)))
+    with server as (_srv, port), pytest.raises(PermanentError, match="width must be positive") as exc:
+        provider(port, uid).render(SOURCE, SPEC, BRAND, f"k-{uid}")
+    message = str(exc.value)
+    assert len(message) < 300 and "\x1b" not in message and "\n" not in message
