@@ -5,7 +5,8 @@
   rather than taken from ``limits``: ``limits`` stamps each hit with the *client's* clock before
   its script runs, so two workers whose stamps arrive out of order (or whose clocks differ) can
   over-admit, and it cannot say when a request was admitted. Our script stamps admissions with
-  Redis's own ``TIME``, one clock for every worker, and returns the stamp.
+  Redis's own ``TIME``, one clock for every worker, and returns the stamp (Redis >= 5: a script
+  may write after reading the clock).
 - In-flight cap: a Redis sorted set of leased slots; a slot held by a killed worker expires after
   its lease.
 - Circuit breaker: written here because pybreaker/purgatory count *consecutive* failures in one
