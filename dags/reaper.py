@@ -15,13 +15,11 @@ another campaign in its provider's pool) is left alone: it is not stalled.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
-DROP_DAG = "catalog_drop"
-ACTIVE = ["queued", "running"]
+from atelier.airflow import tasks
 
 
 @dag(
@@ -34,31 +32,9 @@ ACTIVE = ["queued", "running"]
     doc_md=__doc__,
 )
 def atelier_reaper() -> None:
-    @task
-    def reap() -> list[dict[str, Any]]:
-        from atelier.pipeline import resources_from_airflow
-        from atelier.reaper import active_campaigns, reap_expired, reconcile, stalled
-
-        ti = get_current_context()["ti"]
-
-        def run_active(run_id: str) -> bool:
-            # Tasks cannot read the metadata DB in Airflow 3: the Task SDK asks the API server
-            # (the same call ExternalTaskSensor uses). An unknown run id counts 0: not active.
-            return ti.get_dr_count(dag_id=DROP_DAG, run_ids=[run_id], states=ACTIVE) > 0
-
-        res = resources_from_airflow()
-        try:
-            expired = reap_expired(res.conn)
-            fixed = reconcile(res.conn, res.storage, active_campaigns(res.conn))
-            redrives = stalled(res.conn, run_active=run_active)
-        finally:
-            res.close()
-        print(f"expired leases returned: {expired}; reconcile: {fixed}; re-drives: {[r['run_id'] for r in redrives]}")
-        return redrives
-
     TriggerDagRunOperator.partial(
-        task_id="redrive", trigger_dag_id=DROP_DAG, skip_when_already_exists=True, wait_for_completion=False
-    ).expand_kwargs(reap().map(lambda r: {"trigger_run_id": r["run_id"], "conf": r["conf"]}))
+        task_id="redrive", trigger_dag_id=tasks.DROP_DAG, skip_when_already_exists=True, wait_for_completion=False
+    ).expand_kwargs(task(tasks.reap)().map(lambda r: {"trigger_run_id": r["run_id"], "conf": r["conf"]}))
 
 
 atelier_reaper()

@@ -13,6 +13,7 @@ import pytest
 
 from atelier import ledger
 from atelier.migrations import migrate
+from atelier.resources import Resources
 from atelier.settings import settings
 from atelier.storage import Storage, s3_client
 
@@ -58,6 +59,12 @@ def bucket(storage: Storage) -> str:
     name = f"t-{uuid.uuid4().hex[:20]}"
     storage.client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def res(conn: Any, storage: Storage) -> Resources:
+    """The I/O a campaign step takes: this session's ledger and the S3 endpoint."""
+    return Resources(conn, storage)
 
 
 @pytest.fixture

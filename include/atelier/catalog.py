@@ -11,6 +11,7 @@ from typing import Any
 from atelier.settings import load_config, settings
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+PRIORITIES = ("low", "normal", "high")  # a campaign's priority; also the ledger's CHECK constraint
 DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # output format → file extension
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}

@@ -128,8 +128,8 @@ def prepare_trigger(
 ) -> tuple[str, str, dict[str, Any]]:
     """Validates the request and the manifest here, before anything is triggered; returns
     (campaign id, run id, conf). The run id is derived from the campaign key."""
+    from atelier.campaign import DropRequest
     from atelier.manifest import ManifestError, detect_format, validate
-    from atelier.pipeline import DropRequest
 
     conf = {
         "brand": brand,
@@ -604,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--specs", default="pdp_square_1024,thumb_320", help="comma-separated output spec names")
     t.add_argument("--provider", default="studio")
     t.add_argument("--shard-size", type=int, default=0)
-    t.add_argument("--priority", default="normal", choices=["low", "normal", "high"])
+    t.add_argument("--priority", default="normal", choices=catalog.PRIORITIES)
     t.add_argument("--dry-run", action="store_true")
     t.add_argument("--wait", action="store_true", help="show progress until the run ends")
     t.set_defaults(func=cmd_trigger)

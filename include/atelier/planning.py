@@ -12,6 +12,7 @@ SMALL_DROP = 32  # up to this many SKUs to render: one SKU per mapped task
 MIN_SHARD = 20  # otherwise at least this many SKUs per shard ...
 MAX_SHARDS = 256  # ... and never more than this many mapped task instances per run
 MAP_LIMIT = 1024  # Airflow's [core] max_map_length: the ceiling for an explicitly requested shard size
+MAX_SHARD_SIZE = 10_000  # the largest shard size a trigger may ask for
 
 
 def shard_size(skus_to_render: int, requested: int = 0) -> int:

@@ -18,7 +18,9 @@ HEAVY = [
     "boto3",
     "botocore",
     "psycopg",
-    "atelier.pipeline",
+    "atelier.campaign",
+    "atelier.rendering",
+    "atelier.ledger",
     "atelier.providers.studio",
 ]
 APPROVED_TAGS = {"atelier", "catalog-drop", "reaper"}

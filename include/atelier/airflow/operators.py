@@ -14,6 +14,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from atelier.airflow.resources import from_connections
+
 
 def lease_owner(context: Any) -> str:
     """Stable across retries of the same task instance, so a retry takes over its own claims."""
@@ -22,7 +24,10 @@ def lease_owner(context: Any) -> str:
 
 
 class RenderShardOperator(BaseOperator):
-    """Renders the shard ``shard`` (a dict from the plan step: campaign_id, shard, label, provider)."""
+    """Renders one shard of a campaign through the campaign's provider chain.
+
+    :param shard: a shard from the plan step: ``campaign_id``, ``shard``, ``label``, ``provider``.
+    """
 
     template_fields = ("shard",)
 
@@ -31,30 +36,24 @@ class RenderShardOperator(BaseOperator):
         self.shard = shard
 
     def execute(self, context: Any) -> dict[str, int]:
-        from atelier import pipeline, providers
+        from atelier import providers, rendering
 
         context["shard_label"] = self.shard["label"]
-        res = pipeline.resources_from_airflow()
-        try:
-            if not providers.config(self.shard["provider"]).get("deferrable", False):
-                return pipeline.render_shard(res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context))
-        finally:
-            res.close()
-        return self._next_batch(context, pipeline.new_tally())
+        if not providers.config(self.shard["provider"]).get("deferrable", False):
+            with from_connections() as res:
+                return rendering.render_shard(res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context))
+        return self._next_batch(context, rendering.new_tally())
 
     def _next_batch(self, context: Any, tally: dict[str, int]) -> dict[str, int]:
-        from atelier import pipeline, providers
-        from atelier.triggers import MIN_DEFERRAL_S, ProviderJobsTrigger
+        from atelier import providers, rendering
+        from atelier.airflow.triggers import MIN_DEFERRAL_S, ProviderJobsTrigger
 
-        res = pipeline.resources_from_airflow()
-        try:
-            batch = pipeline.submit_batch(
+        with from_connections() as res:
+            batch = rendering.submit_batch(
                 res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context), tally
             )
-        finally:
-            res.close()
         if not batch:
-            return pipeline.finish_tally(self.shard["campaign_id"], self.shard["shard"], tally)
+            return rendering.finish_tally(self.shard["campaign_id"], self.shard["shard"], tally)
         cfg = providers.config(self.shard["provider"])
         tally["deferrals"] = tally.get("deferrals", 0) + 1
         self.defer(
@@ -73,14 +72,11 @@ class RenderShardOperator(BaseOperator):
     def resume(
         self, context: Any, event: dict[str, Any], jobs: list[dict[str, Any]], tally: dict[str, int]
     ) -> dict[str, int]:
-        from atelier import pipeline
+        from atelier import rendering
 
         context["shard_label"] = self.shard["label"]
-        res = pipeline.resources_from_airflow()
-        try:
-            pipeline.complete_batch(
+        with from_connections() as res:
+            rendering.complete_batch(
                 res, self.shard["campaign_id"], lease_owner(context), jobs, event["statuses"], tally
             )
-        finally:
-            res.close()
         return self._next_batch(context, tally)

@@ -36,7 +36,7 @@ class ProviderJobsTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "atelier.triggers.ProviderJobsTrigger",
+            "atelier.airflow.triggers.ProviderJobsTrigger",
             {
                 "provider": self.provider,
                 "job_ids": self.job_ids,

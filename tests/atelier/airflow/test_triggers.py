@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
+from atelier.airflow.triggers import ProviderJobsTrigger
 from atelier.providers import configs, get_provider
 from atelier.samples import packshot
-from atelier.triggers import ProviderJobsTrigger
 from tests.helpers import refservice
 
 BODY = {

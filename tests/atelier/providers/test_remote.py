@@ -14,12 +14,12 @@ import pytest
 
 from atelier import catalog
 from atelier.images import check_output
-from atelier.pipeline import render_with_chain
 from atelier.providers import config
 from atelier.providers.predictions import PredictionsProvider
 from atelier.providers.refservice import RefServiceProvider
 from atelier.providers.studio import StudioRenderer
 from atelier.refservice import admin_headers
+from atelier.rendering import render_with_chain
 from atelier.resilience import BreakerOpen, PermanentError, TransientError
 from atelier.samples import packshot
 from tests.helpers import refservice, server
@@ -73,14 +73,19 @@ def test_outage_opens_the_breaker_and_the_fallback_serves(uid: str):
         primary = ref_provider(url, f"out-{uid}", attempts=2, breaker=breaker_cfg)
         httpx.post(f"{url}/admin/outage", json={"seconds": 2}, headers=admin_headers()).raise_for_status()
         served = [
-            render_with_chain([primary, StudioRenderer()], SOURCE, SPEC, BRAND, f"o-{uid}-{i}")[1] for i in range(4)
+            render_with_chain(
+                [primary, StudioRenderer()], SOURCE, SPEC, BRAND, lambda name, i=i: f"o-{uid}-{i}-{name}"
+            )[1]
+            for i in range(4)
         ]
         assert served == ["studio"] * 4
         assert primary.breaker.state() == "open"
         with pytest.raises(BreakerOpen):
             primary.render(SOURCE, SPEC, BRAND, f"o-{uid}-x")
         time.sleep(2.2)  # outage over, breaker half-opens: the probe succeeds and closes it
-        _data, by = render_with_chain([primary, StudioRenderer()], SOURCE, SPEC, BRAND, f"o-{uid}-after")
+        _data, by = render_with_chain(
+            [primary, StudioRenderer()], SOURCE, SPEC, BRAND, lambda name: f"o-{uid}-a-{name}"
+        )
         assert by == primary.name and primary.breaker.state() == "closed"
     changes = [t.split()[1] for t in primary.breaker.transitions()]
     assert changes[:3] == ["closed->open", "open->half_open", "half_open->closed"]

@@ -1,0 +1,27 @@
+"""Inside a task: the ledger and S3 through the Airflow connections (never the metadata DB), so
+the same DAG runs on any worker that has the connections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from atelier.resources import Resources
+
+LEDGER_CONN_ID = "atelier_ledger"
+S3_CONN_ID = "atelier_s3"
+
+
+@contextmanager
+def from_connections(ledger_conn_id: str = LEDGER_CONN_ID, aws_conn_id: str = S3_CONN_ID) -> Iterator[Resources]:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from atelier.resources import opened
+    from atelier.storage import Storage
+
+    conn = PostgresHook(postgres_conn_id=ledger_conn_id).get_conn()
+    with opened(conn, Storage(S3Hook(aws_conn_id=aws_conn_id).get_conn())) as res:
+        yield res

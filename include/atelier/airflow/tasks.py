@@ -1,0 +1,81 @@
+"""The callables the DAG files wrap as tasks (``task(tasks.validate)``): each opens its resources
+from the Airflow connections, runs one plain step of the ``atelier`` package, and closes them.
+Airflow passes context values (``params``, ``run_id``, ``ti``) to the parameters named after them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier.airflow.resources import from_connections
+
+DROP_DAG = "catalog_drop"
+
+
+def _request(params: Any) -> Any:
+    from atelier.campaign import DropRequest
+
+    return DropRequest.from_params(dict(params or {}))
+
+
+def validate(params: Any = None) -> dict[str, Any]:
+    """Reads the manifest once; fails listing every bad row and field, writing nothing."""
+    from atelier.campaign import validate_drop
+
+    with from_connections() as res:
+        return validate_drop(res, _request(params))
+
+
+def register(validated: dict[str, Any], params: Any = None, run_id: str | None = None) -> str:
+    """Registers the campaign (idempotent); returns its id."""
+    from atelier.campaign import register as register_campaign
+
+    with from_connections() as res:
+        return register_campaign(res, _request(params), validated, run_id)["campaign_id"]
+
+
+def plan(campaign_id: str, params: Any = None) -> list[dict[str, Any]]:
+    """Plans the campaign; returns its open shards (ids and labels only) for the render tasks."""
+    from atelier.campaign import plan as plan_campaign
+
+    with from_connections() as res:
+        return plan_campaign(res, campaign_id, _request(params).shard_size)
+
+
+def shards_for(shards: list[dict[str, Any]], provider: str) -> list[dict[str, Any]]:
+    """The shards one provider's render task maps over (all of them, or none)."""
+    return [s for s in shards if s["provider"] == provider]
+
+
+def quality_check(campaign_id: str) -> dict[str, Any]:
+    from atelier.campaign import quality_check as check
+
+    with from_connections() as res:
+        return check(res, campaign_id)
+
+
+def finalize(campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+    """Decides and records the outcome; fails the task (and the run) when the campaign failed."""
+    from atelier.campaign import finalize as finish
+
+    with from_connections() as res:
+        summary = finish(res, campaign_id, qa)
+    if summary["state"] == "failed":
+        raise RuntimeError(f"campaign {campaign_id} failed: {summary['counts']}, QA {summary['qa'].get('success')}")
+    return {k: v for k, v in summary.items() if k != "qa"}
+
+
+def reap(ti: Any = None) -> list[dict[str, Any]]:
+    """The reaper: expired leases back to pending, ledger and S3 reconciled, stalled campaigns'
+    re-drives (run id and conf each) returned for the re-drive task to trigger; a campaign given
+    up is finalized again so its report says so."""
+    from atelier.reaper import sweep
+
+    def run_active(run_id: str) -> bool:
+        # Tasks cannot read the metadata DB in Airflow 3: the Task SDK asks the API server (the
+        # same call ExternalTaskSensor uses). An unknown run id counts 0: not active.
+        return ti.get_dr_count(dag_id=DROP_DAG, run_ids=[run_id], states=["queued", "running"]) > 0
+
+    with from_connections() as res:
+        done = sweep(res, run_active)
+    print(done)
+    return done.redrives

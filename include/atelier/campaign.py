@@ -1,0 +1,257 @@
+"""The steps of one campaign, as plain functions the DAG wraps as tasks:
+validate → register → plan → (render: ``atelier.rendering``) → quality check → finalize.
+
+Each step takes its I/O (``atelier.resources.Resources``: a ledger connection, S3 storage)
+explicitly, so tests run it against the real Postgres and S3 endpoint without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from atelier import catalog, ledger, metrics, planning, providers
+from atelier.catalog import ConfigError, OutputSpec
+from atelier.manifest import ManifestError, Report, check_manifest_uri, detect_format, iter_rows
+from atelier.providers import PROVIDERS
+from atelier.resources import Resources
+from atelier.settings import settings
+from atelier.storage import split_s3
+
+log = logging.getLogger("atelier")
+
+
+@dataclass(frozen=True)
+class DropRequest:
+    brand: str
+    manifest_uri: str
+    specs: list[OutputSpec]
+    provider: str
+    drop_id: str | None
+    shard_size: int
+    priority: str
+    dry_run: bool
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> DropRequest:
+        """Checks a trigger's conf/params, naming the field and value that is wrong."""
+
+        def typed(name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+            value = p.get(name, default)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(
+                    f"{name}: expected {getattr(kind, '__name__', kind)}, got {type(value).__name__} {value!r}"
+                )
+            return value
+
+        brand = catalog.brand(typed("brand", str))
+        uri = typed("manifest_uri", str)
+        try:
+            split_s3(uri)
+            detect_format(uri)
+        except ValueError as exc:
+            raise ConfigError(f"manifest_uri: {exc}") from exc
+        if reason := check_manifest_uri(uri, brand):  # a brand runs only manifests from its own inbox
+            raise ConfigError(f"manifest_uri: {uri[:200]!r} {reason}")
+        specs = catalog.resolve_specs(typed("output_specs", list))
+        provider = typed("provider", str, "studio")
+        if provider not in PROVIDERS:
+            raise ConfigError(f"provider: unknown provider {provider!r}; known: {list(PROVIDERS)}")
+        drop_id = p.get("drop_id") or None
+        if drop_id is not None:
+            catalog.check_drop_id(drop_id)
+        shard_size = typed("shard_size", int, 0)
+        if not 0 <= shard_size <= planning.MAX_SHARD_SIZE:
+            raise ConfigError(f"shard_size: {shard_size} is outside 0 (auto) .. {planning.MAX_SHARD_SIZE}")
+        priority = typed("priority", str, "normal")
+        if priority not in catalog.PRIORITIES:
+            raise ConfigError(f"priority: {priority!r} is not one of {list(catalog.PRIORITIES)}")
+        return cls(brand.slug, uri, specs, provider, drop_id, shard_size, priority, typed("dry_run", bool, False))
+
+
+# -- validate ----------------------------------------------------------------------------------
+def validate_drop(res: Resources, req: DropRequest) -> dict[str, Any]:
+    """Reads the manifest once; raises ManifestError listing every bad row and field."""
+    brand = catalog.brand(req.brand)
+    report = Report()
+    with res.storage.open(req.manifest_uri) as body:
+        for _ in iter_rows(body, detect_format(req.manifest_uri), brand, report):
+            pass
+    if not report.ok:
+        raise ManifestError(report)
+    drop_id = req.drop_id or catalog.default_drop_id(report.sha256)
+    cid = catalog.campaign_id(req.brand, drop_id, report.sha256, req.specs, req.provider)
+    log.info("manifest %s valid: %d rows, sha256 %s → campaign %s", req.manifest_uri, report.rows, report.sha256, cid)
+    return {"campaign_id": cid, "drop_id": drop_id, "manifest_sha256": report.sha256, "rows": report.rows}
+
+
+# -- register ----------------------------------------------------------------------------------
+def register(res: Resources, req: DropRequest, validated: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    row, created = ledger.register_campaign(
+        res.conn,
+        ledger.NewCampaign(
+            campaign_id=validated["campaign_id"],
+            brand=req.brand,
+            drop_id=validated["drop_id"],
+            manifest_uri=req.manifest_uri,
+            manifest_sha256=validated["manifest_sha256"],
+            specs=req.specs,
+            provider=req.provider,
+            model_version=providers.model_version(req.provider),
+            priority=req.priority,
+            dry_run=req.dry_run,
+            dag_run_id=run_id,
+        ),
+    )
+    log.info(
+        "campaign %s %s (state %s)", row["campaign_id"], "registered" if created else "already exists", row["state"]
+    )
+    return {"campaign_id": row["campaign_id"], "created": created, "state": row["state"]}
+
+
+# -- plan --------------------------------------------------------------------------------------
+def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> list[dict[str, Any]]:
+    """Writes SKUs and renders (dedup against what already exists), then returns the shards that
+    have work, as small dicts for XCom (ids and labels, never SKU lists)."""
+    camp = ledger.campaign(res.conn, campaign_id)
+    if camp["state"] == "registered":
+        brand = catalog.brand(camp["brand"])
+        report = Report()
+        with res.storage.open(camp["manifest_uri"]) as body:
+            rows = list(iter_rows(body, detect_format(camp["manifest_uri"]), brand, report))
+        if not report.ok:
+            raise ManifestError(report)
+        if report.sha256 != camp["manifest_sha256"]:
+            raise ConfigError(
+                f"manifest {camp['manifest_uri']} changed since validation "
+                f"({camp['manifest_sha256'][:12]} → {report.sha256[:12]}); trigger the drop again"
+            )
+        fingerprints = res.storage.fingerprints(r.image_uri for r in rows)
+        specs = [OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]]
+        ledger.plan_campaign(
+            res.conn,
+            campaign_id,
+            rows,
+            fingerprints,
+            specs,
+            providers.producer(camp["provider"], brand),
+            ledger.LiveOutputs(res.storage),
+            requested_shard_size,
+        )
+        camp = ledger.campaign(res.conn, campaign_id)
+    counts = ledger.state_counts(res.conn, campaign_id)
+    log.info(
+        "campaign %s planned: %s SKUs, %s renders, shard size %s; states %s",
+        campaign_id,
+        camp["sku_count"],
+        camp["render_count"],
+        camp["shard_size"],
+        counts,
+    )
+    if camp["dry_run"]:
+        return []
+    return [
+        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus, "provider": camp["provider"]}
+        for s in ledger.open_shards(res.conn, campaign_id)
+    ]
+
+
+# -- quality check -----------------------------------------------------------------------------
+def quality_check(res: Resources, campaign_id: str) -> dict[str, Any]:
+    from atelier import quality
+
+    camp = ledger.campaign(res.conn, campaign_id)
+    if camp["dry_run"]:
+        return {"success": True, "success_ratio": 0.0, "missing_objects": 0, "dry_run": True, "expectations": []}
+    rows = list(ledger.results(res.conn, campaign_id))
+    objects: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r["output_key"]:
+            objects[r["output_bucket"]].add(r["output_key"])
+    present = {(b, k): ok for b, keys in objects.items() for k, ok in res.storage.exists_many(b, keys).items()}
+    result = quality.evaluate(rows, camp["render_count"] or 0, catalog.brand(camp["brand"]).success_threshold, present)
+    log.info(
+        "quality check of %s: success=%s ratio=%.4f missing_objects=%s",
+        campaign_id,
+        result.success,
+        result.success_ratio,
+        result.missing_objects,
+    )
+    return result.as_dict()
+
+
+# -- finalize ----------------------------------------------------------------------------------
+def summarize(camp: dict[str, Any], rows: list[dict[str, Any]], qa: dict[str, Any]) -> dict[str, Any]:
+    rendered = sum(1 for r in rows if r["state"] == "succeeded")
+    reused = sum(1 for r in rows if r["state"] == "skipped" and r["output_key"])
+    failed = len(rows) - rendered - reused
+    threshold = catalog.brand(camp["brand"]).success_threshold
+    if camp["dry_run"]:
+        state = "planned"
+    elif failed == 0 and qa.get("success") and not qa.get("missing_objects"):
+        state = "complete"
+    elif qa.get("success_ratio", 0.0) >= threshold and not qa.get("missing_objects"):
+        state = "partial"
+    else:
+        state = "failed"
+    return {
+        "campaign_id": camp["campaign_id"],
+        "state": state,
+        "skus": camp["sku_count"] or 0,
+        "expected_renders": camp["render_count"] or 0,
+        "counts": {"succeeded": rendered, "reused": reused, "failed": failed},
+        "threshold": threshold,
+        "qa": qa,
+    }
+
+
+def finalize(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+    """Decides complete / partial / failed from exact counts and the QA result, writes the report
+    and contact sheet to S3 and records the outcome in the ledger."""
+    from atelier.report import contact_sheet
+
+    camp = ledger.campaign(res.conn, campaign_id)
+    rows = list(ledger.results(res.conn, campaign_id))
+    qa = qa or {"success": False, "success_ratio": 0.0, "missing_objects": None, "note": "quality check did not run"}
+    summary = summarize(camp, rows, qa)
+    bucket, prefix = settings().reports_bucket, f"campaigns/{campaign_id}"
+    report = {
+        **summary,
+        "brand": camp["brand"],
+        "drop_id": camp["drop_id"],
+        "manifest_uri": camp["manifest_uri"],
+        "manifest_sha256": camp["manifest_sha256"],
+        "provider": camp["provider"],
+        "model_version": camp["model_version"],
+        "specs": camp["specs"],
+        "dag_run_id": camp["dag_run_id"],
+        "renders": [
+            {
+                "sku": r["sku"],
+                "spec": r["spec"],
+                "state": "reused" if r["reused"] and r["output_key"] else r["state"],
+                "uri": f"s3://{r['output_bucket']}/{r['output_key']}" if r["output_key"] else None,
+                "sha256": r["output_sha256"],
+                "attempts": r["attempts"],
+                "render_ms": r["render_ms"],
+                "error": r["error"],
+            }
+            for r in rows
+        ],
+    }
+    report_uri = res.storage.put(
+        bucket, f"{prefix}/report.json", json.dumps(report, indent=1, default=str).encode(), "application/json"
+    )
+
+    def read(b: str, k: str) -> bytes:
+        return res.storage.client.get_object(Bucket=b, Key=k)["Body"].read()
+
+    sheet = contact_sheet(camp, summary, rows, read)
+    sheet_uri = res.storage.put(bucket, f"{prefix}/contact_sheet.html", sheet.encode(), "text/html; charset=utf-8")
+    ledger.finish_campaign(res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri)
+    metrics.campaign_finished(summary["state"], summary["counts"])
+    log.info("campaign %s %s: %s; report %s", campaign_id, summary["state"], summary["counts"], report_uri)
+    return {**summary, "report_uri": report_uri, "contact_sheet_uri": sheet_uri}

@@ -1,0 +1,197 @@
+"""Rendering shards, without Airflow, against the real ledger, S3 endpoint and provider servers:
+render identity, fallbacks, input integrity, leases, aborts and deferred jobs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atelier import ledger, providers
+from atelier.campaign import DropRequest
+from atelier.rendering import complete_batch, new_tally, render_shard, submit_batch
+from atelier.resources import Resources
+from atelier.samples import make_catalog
+from atelier.settings import settings
+from atelier.storage import Storage, split_s3
+from tests.drops import params, planned, run_drop, sample_drop, upload
+from tests.helpers import refservice, server
+
+
+@pytest.fixture
+def provider_cfg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Points a provider entry elsewhere for one test (its own service name keeps its breaker,
+    limiter and in-flight slots apart from everyone else's in Redis)."""
+    base = providers.configs()
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def override(name: str, **changes: Any) -> None:
+        overrides[name] = {**base[name], **changes}
+        providers.get_provider.cache_clear()
+
+    monkeypatch.setattr(providers, "configs", lambda: {**base, **overrides})
+    yield override
+    providers.get_provider.cache_clear()
+
+
+@contextmanager
+def html_server() -> Iterator[str]:
+    """A misconfigured endpoint: answers every request 200 with an HTML page, not JSON."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html>maintenance</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def test_the_same_packshot_in_two_brands_is_rendered_in_each_brands_style(res: Resources, tmp_path: Path, uid: str):
+    """The same supplier packshot bytes in two brands' inboxes: each brand gets its own renders."""
+    manifest = sample_drop(res, tmp_path / "a", uid, 2)
+    base = f"s3://{settings().inbox_bucket}/maison-demo/tests/{uid}"
+    make_catalog(2, tmp_path / "b", base + "/images", seed=int(uid[:6], 16))  # the same packshot bytes
+    theirs = upload(res.storage, tmp_path / "b", base)
+    first = run_drop(res, DropRequest.from_params(params(manifest, drop_id=f"a-{uid}")), f"a-{uid}")
+    other = run_drop(res, DropRequest.from_params(params(theirs, brand="maison-demo", drop_id=f"b-{uid}")), f"b-{uid}")
+    assert first["counts"]["succeeded"] == other["counts"]["succeeded"] == 4
+    assert other["counts"]["reused"] == 0  # brand B never gets brand A's images
+    objects = [{r["output_key"] for r in ledger.results(res.conn, s["campaign_id"])} for s in (first, other)]
+    assert not objects[0] & objects[1]
+
+
+def test_a_fallback_render_is_never_reused_as_the_primarys(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None]
+):
+    """The primary answers 200 with HTML (an unknown error): the fallback serves, the shard does
+    not abort, and the output is filed under the fallback's key, so a later campaign on the
+    primary renders again while one on the fallback reuses it."""
+    manifest = sample_drop(res, tmp_path, uid, 2)
+    with html_server() as url:
+        provider_cfg("refservice", url=url, service=f"html-{uid}", attempts=1)
+        served = run_drop(
+            res, DropRequest.from_params(params(manifest, provider="refservice", drop_id=f"fb-{uid}")), f"fb-{uid}"
+        )
+    assert served["counts"] == {"succeeded": 4, "reused": 0, "failed": 0}
+    for r in ledger.results(res.conn, served["campaign_id"]):
+        head = res.storage.client.head_object(Bucket=r["output_bucket"], Key=r["output_key"])
+        assert head["Metadata"]["served-by"] == "studio" and r["render_key"] not in r["output_key"]
+    on_studio = run_drop(
+        res, DropRequest.from_params(params(manifest, provider="studio", drop_id=f"st-{uid}")), f"st-{uid}"
+    )
+    assert on_studio["counts"]["reused"] == 4
+    again, _ = planned(
+        res, DropRequest.from_params(params(manifest, provider="refservice", drop_id=f"rs-{uid}", dry_run=True)), uid
+    )
+    assert ledger.state_counts(res.conn, again)["pending"] == 4
+
+
+def test_an_input_changed_after_planning_is_not_rendered(res: Resources, tmp_path: Path, uid: str):
+    manifest = sample_drop(res, tmp_path, uid, 3)
+    cid, shards = planned(res, DropRequest.from_params(params(manifest, drop_id=f"chg-{uid}")), f"chg-{uid}")
+    images = sorted((tmp_path / "images").iterdir())
+    bucket, prefix = split_s3(manifest)
+    victim = prefix.rsplit("/", 1)[0] + f"/images/{images[1].name}"
+    res.storage.client.put_object(Bucket=bucket, Key=victim, Body=images[0].read_bytes())  # swapped afterwards
+    for shard in shards:
+        render_shard(res, cid, shard["shard"], f"chg-{uid}/{shard['shard']}")
+    rows = list(ledger.results(res.conn, cid))
+    failed = {r["sku"] for r in rows if r["state"] == "failed"}
+    assert failed == {images[1].stem}
+    assert all("changed since the drop was planned" in r["error"] for r in rows if r["state"] == "failed")
+    assert sum(r["state"] == "succeeded" for r in rows) == 4
+
+
+def test_leases_are_renewed_while_a_slow_render_runs(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None], ledger_dsn: str
+):
+    """A SKU whose two renders take ~5 s under a 2 s lease: the worker keeps its lease the whole
+    time, so a second claimer polling the shard never gets a render, and nothing is lost."""
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    with refservice('{"render_ms": 2500}') as url:
+        provider_cfg("refservice", url=url, service=f"slow-{uid}", fallbacks=[])
+        req = DropRequest.from_params(params(manifest, provider="refservice", drop_id=f"slow-{uid}"))
+        cid, shards = planned(res, req, f"slow-{uid}")
+        stolen: list[ledger.Claimed] = []
+        stop = threading.Event()
+
+        def thief() -> None:
+            conn = ledger.connect(ledger_dsn)
+            while not stop.is_set() and ledger.state_counts(conn, cid)["running"] < 2:
+                stop.wait(0.05)  # steal only once the worker holds both renders
+            while not stop.is_set():
+                stolen.extend(ledger.claim(conn, cid, shards[0]["shard"], "thief"))
+                stop.wait(0.1)
+            conn.close()
+
+        t = threading.Thread(target=thief)
+        t.start()
+        try:
+            tally = render_shard(res, cid, shards[0]["shard"], f"slow-{uid}", lease_s=2)
+        finally:
+            stop.set()
+            t.join()
+    assert stolen == []
+    assert tally["succeeded"] == 2 and tally["lease_lost"] == 0
+
+
+class BrokenWrites(Storage):
+    """Real S3 reads; every write fails (S3 refusing writes mid-shard)."""
+
+    reads = 0
+
+    def read_fingerprinted(self, uri: str, fingerprint: str, max_bytes: int = 1 << 30) -> bytes:
+        self.reads += 1
+        return super().read_fingerprinted(uri, fingerprint)
+
+    def put_once(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("S3 refuses writes")
+
+
+def test_a_shard_that_aborts_cancels_its_queued_work(res: Resources, tmp_path: Path, uid: str):
+    manifest = sample_drop(res, tmp_path, uid, 6)
+    cid, shards = planned(res, DropRequest.from_params(params(manifest, drop_id=f"ab-{uid}", shard_size=6)), uid)
+    broken = BrokenWrites(res.storage.client)
+    with pytest.raises(RuntimeError, match="refuses writes"):
+        render_shard(Resources(res.conn, broken), cid, shards[0]["shard"], f"ab-{uid}")
+    assert broken.reads <= 2  # the 4+ SKUs still queued were never rendered
+    assert ledger.state_counts(res.conn, cid)["pending"] == 12  # every claim released for the retry
+
+
+def test_a_deferred_render_resumes_its_job_instead_of_paying_twice(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+):
+    """The predictions API takes no idempotency key: a job still running when the trigger's
+    deadline passed is polled again by the next batch, never created a second time."""
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    with server(["-m", "tests.fakes.predictions_server"]) as url:
+        provider_cfg("predictions", url=url, service=f"pred-{uid}")
+        req = DropRequest.from_params(params(manifest, provider="predictions", output_specs=["thumb_320"]))
+        cid, shards = planned(res, req, f"pred-{uid}")
+        owner, tally = f"pred-{uid}/0", new_tally()
+        jobs = submit_batch(res, cid, shards[0]["shard"], owner, tally)
+        assert len(jobs) == 1
+        complete_batch(res, cid, owner, jobs, {}, tally)  # the trigger gave up: nothing finished yet
+        assert ledger.state_counts(res.conn, cid)["pending"] == 1
+        again = submit_batch(res, cid, shards[0]["shard"], owner, tally)
+    assert [j["job_id"] for j in again] == [j["job_id"] for j in jobs]
