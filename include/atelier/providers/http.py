@@ -147,7 +147,8 @@ class HttpProvider:
     def _once(self, method: str, url: str, expect: Literal["json", "bytes"], **kwargs: Any) -> Any:
         """One attempt: the parsed JSON or the body bytes of a 2xx. The breaker's ``record`` runs
         on every path out of here once ``allow`` granted the call (see the module docstring)."""
-        probe = self.breaker.allow() == "probe"  # raises BreakerOpen: not retried, the caller falls back
+        verdict = self.breaker.allow()  # raises BreakerOpen: not retried, the caller falls back
+        probe = verdict == "probe"
         shown = f"{self.name}: {method} {netguard.redact(url)}"
         healthy: bool | None = None  # None: the provider was not judged by this attempt
         try:
@@ -197,7 +198,8 @@ class HttpProvider:
             raise
         finally:
             if healthy is not None or probe:
-                self.breaker.record(bool(healthy), probe)
+                # The probe itself (not just True), so the breaker knows exactly which probe reports.
+                self.breaker.record(bool(healthy), verdict if probe else False)
 
     def _url(self, path_or_url: str) -> str:
         return path_or_url if path_or_url.startswith(("http://", "https://")) else self.base_url + path_or_url

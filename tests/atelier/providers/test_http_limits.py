@@ -65,8 +65,8 @@ class SpyBreaker:
     def allow(self) -> bool | str:
         return self.verdict
 
-    def record(self, ok: bool, probe: bool = False) -> str:
-        self.records.append((ok, probe))
+    def record(self, ok: bool, probe: bool | str = False) -> str:
+        self.records.append((ok, bool(probe)))
         return ""
 
 
