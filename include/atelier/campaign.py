@@ -107,9 +107,9 @@ def register(res: Resources, req: DropRequest, validated: dict[str, Any], run_id
         ),
     )
     log.info(
-        "campaign %s %s (state %s)", row["campaign_id"], "registered" if created else "already exists", row["state"]
+        "campaign %s %s (state %s)", row.campaign_id, "registered" if created else "already exists", row.state
     )
-    return {"campaign_id": row["campaign_id"], "created": created, "state": row["state"]}
+    return {"campaign_id": row.campaign_id, "created": created, "state": row.state}
 
 
 # -- plan --------------------------------------------------------------------------------------
@@ -117,27 +117,27 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
     """Writes SKUs and renders (dedup against what already exists), then returns the shards that
     have work, as small dicts for XCom (ids and labels, never SKU lists)."""
     camp = ledger.campaign(res.conn, campaign_id)
-    if camp["state"] == "registered":
-        brand = catalog.brand(camp["brand"])
+    if camp.state == "registered":
+        brand = catalog.brand(camp.brand)
         report = Report()
-        with res.storage.open(camp["manifest_uri"]) as body:
-            rows = list(iter_rows(body, detect_format(camp["manifest_uri"]), brand, report))
+        with res.storage.open(camp.manifest_uri) as body:
+            rows = list(iter_rows(body, detect_format(camp.manifest_uri), brand, report))
         if not report.ok:
             raise ManifestError(report)
-        if report.sha256 != camp["manifest_sha256"]:
+        if report.sha256 != camp.manifest_sha256:
             raise ConfigError(
-                f"manifest {camp['manifest_uri']} changed since validation "
-                f"({camp['manifest_sha256'][:12]} → {report.sha256[:12]}); trigger the drop again"
+                f"manifest {camp.manifest_uri} changed since validation "
+                f"({camp.manifest_sha256[:12]} → {report.sha256[:12]}); trigger the drop again"
             )
         fingerprints = res.storage.fingerprints(r.image_uri for r in rows)
-        specs = [OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]]
+        specs = list(camp.specs)
         ledger.plan_campaign(
             res.conn,
             campaign_id,
             rows,
             fingerprints,
             specs,
-            providers.producer(camp["provider"], brand),
+            providers.producer(camp.provider, brand),
             ledger.LiveOutputs(res.storage),
             requested_shard_size,
         )
@@ -146,15 +146,15 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
     log.info(
         "campaign %s planned: %s SKUs, %s renders, shard size %s; states %s",
         campaign_id,
-        camp["sku_count"],
-        camp["render_count"],
-        camp["shard_size"],
+        camp.sku_count,
+        camp.render_count,
+        camp.shard_size,
         counts,
     )
-    if camp["dry_run"]:
+    if camp.dry_run:
         return []
     return [
-        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus, "provider": camp["provider"]}
+        {"campaign_id": campaign_id, "shard": s.shard, "label": s.label, "skus": s.skus, "provider": camp.provider}
         for s in ledger.open_shards(res.conn, campaign_id)
     ]
 
@@ -164,7 +164,7 @@ def quality_check(res: Resources, campaign_id: str) -> dict[str, Any]:
     from atelier import quality
 
     camp = ledger.campaign(res.conn, campaign_id)
-    if camp["dry_run"]:
+    if camp.dry_run:
         return {"success": True, "success_ratio": 0.0, "missing_objects": 0, "dry_run": True, "expectations": []}
     rows = list(ledger.results(res.conn, campaign_id))
     objects: dict[str, set[str]] = defaultdict(set)
@@ -172,7 +172,7 @@ def quality_check(res: Resources, campaign_id: str) -> dict[str, Any]:
         if r["output_key"]:
             objects[r["output_bucket"]].add(r["output_key"])
     present = {(b, k): ok for b, keys in objects.items() for k, ok in res.storage.exists_many(b, keys).items()}
-    result = quality.evaluate(rows, camp["render_count"] or 0, catalog.brand(camp["brand"]).success_threshold, present)
+    result = quality.evaluate(rows, camp.render_count or 0, catalog.brand(camp.brand).success_threshold, present)
     log.info(
         "quality check of %s: success=%s ratio=%.4f missing_objects=%s",
         campaign_id,
@@ -184,12 +184,12 @@ def quality_check(res: Resources, campaign_id: str) -> dict[str, Any]:
 
 
 # -- finalize ----------------------------------------------------------------------------------
-def summarize(camp: dict[str, Any], rows: list[dict[str, Any]], qa: dict[str, Any]) -> dict[str, Any]:
+def summarize(camp: ledger.Campaign, rows: list[dict[str, Any]], qa: dict[str, Any]) -> dict[str, Any]:
     rendered = sum(1 for r in rows if r["state"] == "succeeded")
     reused = sum(1 for r in rows if r["state"] == "skipped" and r["output_key"])
     failed = len(rows) - rendered - reused
-    threshold = catalog.brand(camp["brand"]).success_threshold
-    if camp["dry_run"]:
+    threshold = catalog.brand(camp.brand).success_threshold
+    if camp.dry_run:
         state = "planned"
     elif failed == 0 and qa.get("success") and not qa.get("missing_objects"):
         state = "complete"
@@ -198,10 +198,10 @@ def summarize(camp: dict[str, Any], rows: list[dict[str, Any]], qa: dict[str, An
     else:
         state = "failed"
     return {
-        "campaign_id": camp["campaign_id"],
+        "campaign_id": camp.campaign_id,
         "state": state,
-        "skus": camp["sku_count"] or 0,
-        "expected_renders": camp["render_count"] or 0,
+        "skus": camp.sku_count or 0,
+        "expected_renders": camp.render_count or 0,
         "counts": {"succeeded": rendered, "reused": reused, "failed": failed},
         "threshold": threshold,
         "qa": qa,
@@ -220,14 +220,14 @@ def finalize(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dic
     bucket, prefix = settings().reports_bucket, f"campaigns/{campaign_id}"
     report = {
         **summary,
-        "brand": camp["brand"],
-        "drop_id": camp["drop_id"],
-        "manifest_uri": camp["manifest_uri"],
-        "manifest_sha256": camp["manifest_sha256"],
-        "provider": camp["provider"],
-        "model_version": camp["model_version"],
-        "specs": camp["specs"],
-        "dag_run_id": camp["dag_run_id"],
+        "brand": camp.brand,
+        "drop_id": camp.drop_id,
+        "manifest_uri": camp.manifest_uri,
+        "manifest_sha256": camp.manifest_sha256,
+        "provider": camp.provider,
+        "model_version": camp.model_version,
+        "specs": camp.specs_json(),
+        "dag_run_id": camp.dag_run_id,
         "renders": [
             {
                 "sku": r["sku"],

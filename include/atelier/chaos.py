@@ -67,7 +67,7 @@ def _done_fraction(conn: Any, cid: str) -> float:
         camp = ledger.campaign(conn, cid)
     except KeyError:
         return 0.0
-    total = camp["render_count"] or 0
+    total = camp.render_count or 0
     if not total:
         return 0.0
     c = ledger.state_counts(conn, cid)
@@ -316,8 +316,8 @@ def account(
         reasons[reason] = reasons.get(reason, 0) + 1
     return {
         "campaign_id": cid,
-        "campaign_state": camp["state"],
-        "expected": camp["render_count"],
+        "campaign_state": camp.state,
+        "expected": camp.render_count,
         "succeeded": sum(1 for r in rows if r["state"] == "succeeded"),
         "reused": sum(1 for r in rows if r["state"] == "skipped"),
         "failed_permanently": len(failed),

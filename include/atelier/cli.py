@@ -182,7 +182,7 @@ def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, time
                     conn = conn if conn is not None and not conn.closed else _ledger()
                     try:
                         camp = ledger.campaign(conn, campaign_id)
-                        total = camp["render_count"] or 0
+                        total = camp.render_count or 0
                         counts = ledger.state_counts(conn, campaign_id)
                         line = progress_line(counts, total) if total else "  validating and planning…"
                     except KeyError:
@@ -254,10 +254,10 @@ def status_of(ident: str, as_json: bool) -> int:
         conn.close()
         raise UsageError(f"no campaign matches {ident!r}")
     camp = found[0]
-    counts = ledger.state_counts(conn, camp["campaign_id"])
+    counts = ledger.state_counts(conn, camp.campaign_id)
     conn.close()
     out = {
-        k: camp[k]
+        k: getattr(camp, k)
         for k in (
             "campaign_id",
             "brand",
@@ -273,7 +273,7 @@ def status_of(ident: str, as_json: bool) -> int:
         )
     }
     out["renders"] = counts
-    out["qa_success_ratio"] = (camp["qa"] or {}).get("success_ratio")
+    out["qa_success_ratio"] = (camp.qa or {}).get("success_ratio")
     if as_json:
         print(json.dumps(out, default=str, indent=1))
     else:
@@ -282,7 +282,7 @@ def status_of(ident: str, as_json: bool) -> int:
         print("  renders: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if out["report_uri"]:
             print(f"  report {out['report_uri']}\n  contact sheet {out['contact_sheet_uri']}")
-    return EXIT_INVALID if camp["state"] == "failed" else EXIT_OK
+    return EXIT_INVALID if camp.state == "failed" else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -345,27 +345,27 @@ def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
     conn = _ledger()
     camp = ledger.campaign(conn, cid)
     conn.close()
-    counts = camp["counts"] or {}
-    qa = camp["qa"] or {}
-    local = fetch_outputs(cid, ROOT / "out") if camp["report_uri"] else None
+    counts = camp.counts or {}
+    qa = camp.qa or {}
+    local = fetch_outputs(cid, ROOT / "out") if camp.report_uri else None
     cfg = settings()
     lines = [
         "",
-        f"Campaign {cid}: {camp['state'].upper()}   (Airflow run {run_id}: {run_state})",
+        f"Campaign {cid}: {camp.state.upper()}   (Airflow run {run_id}: {run_state})",
         f"  renders: {counts.get('succeeded', 0)} rendered, {counts.get('failed', 0)} failed, "
-        f"{counts.get('reused', 0)} skipped as duplicates — of {camp['render_count']} "
-        f"({camp['sku_count']} SKUs × {len(camp['specs'])} specs, {camp['shard_count']} shards)",
+        f"{counts.get('reused', 0)} skipped as duplicates — of {camp.render_count} "
+        f"({camp.sku_count} SKUs × {len(camp.specs)} specs, {camp.shard_count} shards)",
         f"  QA pass rate: {qa.get('success_ratio', 0):.1%}  (Great Expectations suite: "
         f"{'passed' if qa.get('success') else 'FAILED'})",
         f"  wall time: {wall:.1f} s",
     ]
-    if counts.get("succeeded", 0) == 0 and counts.get("reused", 0) == camp["render_count"]:
+    if counts.get("succeeded", 0) == 0 and counts.get("reused", 0) == camp.render_count:
         lines.append("  nothing new was rendered: every render duplicates an earlier one and was reused")
-    if camp["report_uri"]:
+    if camp.report_uri:
         lines += [
             f"  images:        s3://{cfg.renders_bucket}/renders/  (endpoint {cfg.s3_endpoint})",
-            f"  report:        {camp['report_uri']}",
-            f"  contact sheet: {camp['contact_sheet_uri']}",
+            f"  report:        {camp.report_uri}",
+            f"  contact sheet: {camp.contact_sheet_uri}",
             f"  local copy:    {local}/  (images/, report.json, contact_sheet.html)",
         ]
     lines.append(
@@ -373,7 +373,7 @@ def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
     )
     lines.append("  the stack keeps running; `make down` stops it")
     print("\n".join(lines))
-    return EXIT_OK if camp["state"] in ("complete", "partial") else EXIT_INVALID
+    return EXIT_OK if camp.state in ("complete", "partial") else EXIT_INVALID
 
 
 # -- bench -------------------------------------------------------------------------------------
@@ -413,8 +413,8 @@ def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str) -> dic
         "label": label,
         "run_id": run_id,
         "state": state,
-        "campaign": camp["state"],
-        "skus": camp["sku_count"],
+        "campaign": camp.state,
+        "skus": camp.sku_count,
         "renders": rendered,
         "wall_s": round(wall, 1),
         "renders_per_s": round(rendered / wall, 2) if wall else 0,

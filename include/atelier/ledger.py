@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
 from typing import Any
+
+from psycopg.rows import dict_row
 
 from atelier import planning
 from atelier.catalog import OutputSpec, Producer, render_key
@@ -39,7 +42,7 @@ class NewCampaign:
     dag_run_id: str | None
 
 
-def register_campaign(conn: Any, c: NewCampaign) -> tuple[dict[str, Any], bool]:
+def register_campaign(conn: Any, c: NewCampaign) -> tuple[Campaign, bool]:
     """Inserts the campaign unless it exists; returns (row, created)."""
     specs = [{"name": s.name, "width": s.width, "height": s.height, "format": s.format} for s in c.specs]
     with conn.cursor() as cur:
@@ -67,18 +70,63 @@ def register_campaign(conn: Any, c: NewCampaign) -> tuple[dict[str, Any], bool]:
     return campaign(conn, c.campaign_id), created
 
 
-def campaign(conn: Any, campaign_id: str) -> dict[str, Any]:
-    with conn.cursor() as cur:
+@dataclass(frozen=True)
+class Campaign:
+    """One campaign as the ledger holds it: read once per step, with its specs as OutputSpecs."""
+
+    campaign_id: str
+    brand: str
+    drop_id: str
+    manifest_uri: str
+    manifest_sha256: str
+    specs: tuple[OutputSpec, ...]
+    provider: str
+    model_version: str  # of the campaign's primary provider
+    priority: str
+    dry_run: bool
+    state: str
+    sku_count: int | None
+    render_count: int | None
+    shard_size: int | None
+    shard_count: int | None
+    counts: dict[str, Any] | None
+    qa: dict[str, Any] | None
+    report_uri: str | None
+    contact_sheet_uri: str | None
+    dag_run_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    redrives: int = 0
+    last_run_id: str | None = None
+    reopened_at: datetime | None = None
+    redrives_at_reopen: int = 0
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Campaign:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in known}
+        values["specs"] = tuple(OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in row["specs"])
+        return cls(**values)
+
+    def spec(self, name: str) -> OutputSpec:
+        return next(s for s in self.specs if s.name == name)
+
+    def specs_json(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.specs]
+
+
+def campaign(conn: Any, campaign_id: str) -> Campaign:
+    with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM campaigns WHERE campaign_id = %s", (campaign_id,))
         row = cur.fetchone()
         if row is None:
             raise KeyError(f"no campaign {campaign_id!r}")
-        cols = [d[0] for d in cur.description]
     conn.rollback()
-    return dict(zip(cols, row, strict=True))
+    return Campaign.from_row(row)
 
 
-def find_campaigns(conn: Any, ident: str) -> list[dict[str, Any]]:
+def find_campaigns(conn: Any, ident: str) -> list[Campaign]:
     """Campaigns by id, id prefix or Airflow run id (for ``atelier status``)."""
     with conn.cursor() as cur:
         cur.execute(
@@ -440,6 +488,7 @@ def release(conn: Any, campaign_id: str, owner: str) -> int:
     return n
 
 
+# The keys of each row ``results`` yields (what quality checks and reports read).
 RESULT_COLUMNS = (
     "sku",
     "spec",
@@ -460,18 +509,18 @@ RESULT_COLUMNS = (
 def results(conn: Any, campaign_id: str) -> Iterator[dict[str, Any]]:
     """Every render of the campaign with its output (if any), streamed with a server-side cursor.
     ``reused`` marks a skipped render (its output came from an identical earlier render)."""
-    with conn.cursor(name="atelier_results") as cur:
+    with conn.cursor(name="atelier_results", row_factory=dict_row) as cur:
         cur.itersize = 5000
         cur.execute(
-            """SELECT r.sku, r.spec, r.state, r.render_key, r.error, r.attempts, r.render_ms, o.bucket, o.key,
-                      o.sha256, o.qa_passed, o.qa_reason, r.state = 'skipped'
+            """SELECT r.sku, r.spec, r.state, r.render_key, r.error, r.attempts, r.render_ms,
+                      o.bucket AS output_bucket, o.key AS output_key, o.sha256 AS output_sha256, o.qa_passed,
+                      o.qa_reason, r.state = 'skipped' AS reused
                FROM renders r JOIN skus s USING (campaign_id, sku)
                LEFT JOIN outputs o ON o.render_key = COALESCE(r.output_render_key, r.render_key)
                WHERE r.campaign_id = %s ORDER BY s.row_no, r.spec""",
             (campaign_id,),
         )
-        for row in cur:
-            yield dict(zip(RESULT_COLUMNS, row, strict=True))
+        yield from cur
     conn.rollback()
 
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier import catalog, ledger
+from atelier import ledger
+from atelier.catalog import OutputSpec
 from atelier.storage import Storage, render_object_key
 
 log = logging.getLogger("atelier.reaper")
@@ -56,7 +57,7 @@ def reconcile(conn: Any, storage: Storage, campaign_ids: list[str]) -> Reconcile
     suspects: set[str] = set()  # output keys (the render key an output row is filed under)
     for cid in campaign_ids:
         camp = ledger.campaign(conn, cid)
-        exts = {s["name"]: catalog.FORMATS[s["format"]] for s in camp["specs"]}
+        specs = {s.name: s for s in camp.specs}
         with conn.cursor() as cur:
             cur.execute(
                 """SELECT r.sku, r.spec, r.render_key, r.state, r.output_render_key, o.bucket, o.key FROM renders r
@@ -74,8 +75,8 @@ def reconcile(conn: Any, storage: Storage, campaign_ids: list[str]) -> Reconcile
                     suspects.add(out_rk or rk)
                 continue
             if state in ("pending", "running"):
-                expected = render_object_key(rk, exts[spec])
-                if expected in listed and _adopt(conn, storage, cid, sku, spec, rk, bucket, expected):
+                expected = render_object_key(rk, specs[spec].extension)
+                if expected in listed and _adopt(conn, storage, cid, sku, specs[spec], rk, bucket, expected):
                     result.adopted += 1
     reopened: set[str] = set()
     for out_rk in sorted(suspects):
@@ -148,28 +149,21 @@ def reopen(conn: Any, campaign_ids: list[str]) -> list[str]:
     return done
 
 
-def _adopt(conn: Any, storage: Storage, cid: str, sku: str, spec: str, rk: str, bucket: str, key: str) -> bool:
-    """The object exists (a worker wrote it and died before recording): verify and record it."""
+def _adopt(
+    conn: Any, storage: Storage, cid: str, sku: str, spec: OutputSpec, rk: str, bucket: str, key: str
+) -> bool:
+    """The object exists (a worker wrote it and died before recording): verify and record it with
+    the campaign's own spec (what it was rendered to, whatever config/specs.json says today)."""
     head = storage.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     meta = head.get("Metadata", {})
     if meta.get("render-key") != rk:
         log.error("s3://%s/%s has render-key %r, expected %s: not adopted", bucket, key, meta.get("render-key"), rk)
         return False
     sha = base64.b64decode(head["ChecksumSHA256"]).hex() if head.get("ChecksumSHA256") else ""
-    spec_cfg = catalog.all_specs()[spec]
     out = ledger.Output(
-        bucket,
-        key,
-        sha,
-        head["ContentLength"],
-        spec_cfg.width,
-        spec_cfg.height,
-        spec_cfg.format,
-        True,
-        None,
-        meta.get("served-by"),
+        bucket, key, sha, head["ContentLength"], spec.width, spec.height, spec.format, True, None, meta.get("served-by")
     )
-    return ledger.record_adopted(conn, cid, sku, spec, rk, out)
+    return ledger.record_adopted(conn, cid, sku, spec.name, rk, out)
 
 
 # A campaign stalled: not a dry run; unfinished, or finished but reopened since (a lost output);
@@ -299,7 +293,7 @@ def sweep(res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list
     fixed = reconcile(res.conn, res.storage, active_campaigns(res.conn) if campaign_ids is None else campaign_ids)
     redrives, given_up = redrive_or_give_up(res.conn, run_active=run_active, campaign_ids=campaign_ids)
     for cid in given_up:
-        note = ledger.campaign(res.conn, cid)["qa"] or {}
+        note = ledger.campaign(res.conn, cid).qa or {}
         qa = {"success": False, "success_ratio": 0.0, "missing_objects": None, **note}
         try:
             finalize(res, cid, qa)

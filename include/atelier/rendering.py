@@ -139,13 +139,13 @@ class ShardContext:
 
 def shard_context(res: Resources, campaign_id: str) -> ShardContext:
     camp = ledger.campaign(res.conn, campaign_id)
-    brand = catalog.brand(camp["brand"])
-    chain = [get_provider(name) for name in providers.chain(camp["provider"])]
+    brand = catalog.brand(camp.brand)
+    chain = [get_provider(name) for name in providers.chain(camp.provider)]
     return ShardContext(
         camp,
         brand,
         chain,
-        {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in camp["specs"]},
+        {s.name: s for s in camp.specs},
         {p.name: providers.producer(p.name, brand) for p in chain},
     )
 

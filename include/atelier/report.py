@@ -6,7 +6,10 @@ import base64
 import io
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from atelier.ledger import Campaign
 
 import jinja2
 
@@ -26,7 +29,7 @@ def thumbnail(data: bytes) -> str:
 
 
 def contact_sheet(
-    campaign: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, Any]], read: Callable[[str, str], bytes]
+    campaign: Campaign, summary: dict[str, Any], rows: list[dict[str, Any]], read: Callable[[str, str], bytes]
 ) -> str:
     """One tile per SKU (its first spec's output), failed renders listed with their reasons.
     Every value from the ledger (SKU ids, errors, names) is HTML-escaped by the template."""

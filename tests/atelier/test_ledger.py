@@ -44,7 +44,7 @@ def test_plan_shards_and_renders(conn: Any, storage: Storage, uid: str):
     items = rows(100, uid)
     cid = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}-{r.sku}" for r in items})
     camp = ledger.campaign(conn, cid)
-    assert (camp["sku_count"], camp["render_count"], camp["shard_size"], camp["shard_count"]) == (100, 200, 20, 5)
+    assert (camp.sku_count, camp.render_count, camp.shard_size, camp.shard_count) == (100, 200, 20, 5)
     shards = ledger.open_shards(conn, cid)
     assert [s.skus for s in shards] == [20] * 5
     assert ledger.state_counts(conn, cid)["pending"] == 200

@@ -55,12 +55,12 @@ def test_reconcile_renders_again_what_s3_lost(conn: Any, storage: Storage, uid: 
         ledger.record_success(conn, cid, c, "w", ledger.Output(bucket, key, "s", 1, 1, 1, "PNG", True, None), 1)
     ledger.set_state(conn, cid, "complete")
     lost = ledger.campaign(conn, cid)
-    gone = next(iter(ledger.results(conn, lost["campaign_id"])))
+    gone = next(iter(ledger.results(conn, lost.campaign_id)))
     storage.client.delete_object(Bucket=bucket, Key=gone["output_key"])
     fixed = reconcile(conn, storage, [cid])
     assert fixed.lost_objects == 1 and fixed.campaigns_reopened == [cid]
     assert ledger.state_counts(conn, cid)["pending"] == 1
-    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert ledger.campaign(conn, cid).state == "planned"
     assert [s.shard for s in ledger.open_shards(conn, cid)] == [0]
 
 
@@ -86,7 +86,7 @@ def test_a_campaign_is_not_redriven_forever(conn: Any, storage: Storage, uid: st
         cur.execute("UPDATE renders SET updated_at = now() - interval '1 hour' WHERE campaign_id = %s", (cid,))
     conn.commit()
     assert cid not in [r["campaign_id"] for r in stalled(conn, idle_s=300, max_redrives=3)]
-    assert ledger.campaign(conn, cid)["state"] == "failed"
+    assert ledger.campaign(conn, cid).state == "failed"
 
 
 # -- item 9: reconcile never forgets a render recorded while it runs; lost outputs re-finalize ---------
@@ -149,7 +149,7 @@ def test_a_lost_output_reopens_every_campaign_that_used_it(conn: Any, storage: S
     assert fixed.lost_objects == 1 and fixed.campaigns_reopened == sorted([first, second])
     for cid in (first, second):
         assert ledger.state_counts(conn, cid)["pending"] == 1
-        assert ledger.campaign(conn, cid)["state"] == "planned"
+        assert ledger.campaign(conn, cid).state == "planned"
         assert [s.shard for s in ledger.open_shards(conn, cid)] == [0]
 
 
@@ -166,7 +166,7 @@ def test_a_campaign_reopened_after_finalize_is_redriven_even_if_a_finalize_ran_s
     ledger.finish_campaign(conn, cid, "partial", {"succeeded": 1, "reused": 0, "failed": 1}, {}, None, None)
     idle(conn, cid)
     assert redrives_of(conn, cid) == [f"redrive__{cid}__1"]  # not left partial with work pending
-    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert ledger.campaign(conn, cid).state == "planned"
     assert redrives_of(conn, cid) == []  # once per stall: the re-drive is the run that finalizes it
 
 
@@ -181,7 +181,7 @@ def test_a_reopened_campaign_gets_its_redrive_budget_back(conn: Any, storage: St
     reconcile(conn, storage, [cid])
     idle(conn, cid)
     assert redrives_of(conn, cid) == [f"redrive__{cid}__4"]  # re-driven, not failed at once
-    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert ledger.campaign(conn, cid).state == "planned"
 
 
 def test_a_finalized_drop_whose_object_vanished_is_rendered_and_finalized_again(
@@ -231,12 +231,12 @@ def test_a_campaign_queued_behind_another_is_not_redriven(conn: Any, storage: St
         idle(conn, cid)
         assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == []
     camp = ledger.campaign(conn, cid)
-    assert (camp["state"], camp["redrives"]) == ("planned", 0)
+    assert (camp.state, camp.redrives) == ("planned", 0)
     assert asked == [f"drop__{cid}"] * 5
 
     active.clear()  # its run ended with work left: now it has stalled
     assert redrives_of(conn, cid, run_active=run_active, campaign_ids=[cid]) == [f"redrive__{cid}__1"]
-    assert ledger.campaign(conn, cid)["last_run_id"] == f"redrive__{cid}__1"
+    assert ledger.campaign(conn, cid).last_run_id == f"redrive__{cid}__1"
 
     active.add(f"redrive__{cid}__1")  # the re-drive is queued in turn: its latest run is what counts
     idle(conn, cid)
@@ -254,9 +254,9 @@ def test_a_campaign_is_not_failed_while_its_last_redrive_is_queued(conn: Any, st
     conn.commit()
     idle(conn, cid)
     assert redrives_of(conn, cid, run_active=lambda r: r == f"redrive__{cid}__3", campaign_ids=[cid]) == []
-    assert ledger.campaign(conn, cid)["state"] == "planned"
+    assert ledger.campaign(conn, cid).state == "planned"
     assert redrives_of(conn, cid, run_active=lambda r: False, campaign_ids=[cid]) == []
-    assert ledger.campaign(conn, cid)["state"] == "failed"
+    assert ledger.campaign(conn, cid).state == "failed"
 
 
 def test_a_reopened_campaign_given_up_gets_a_report_that_says_so(conn: Any, storage: Storage, tmp_path: Path, uid: str):
@@ -275,9 +275,36 @@ def test_a_reopened_campaign_given_up_gets_a_report_that_says_so(conn: Any, stor
 
     done = sweep(res, run_active=None, campaign_ids=[cid])
     assert (done.redrives, done.given_up) == ([], [cid])
-    assert ledger.campaign(conn, cid)["state"] == "failed"
+    assert ledger.campaign(conn, cid).state == "failed"
     key = f"campaigns/{cid}/report.json"
     report = json.loads(storage.client.get_object(Bucket=settings().reports_bucket, Key=key)["Body"].read())
     assert report["state"] == "failed" and "stalled after 3 re-drives" in report["qa"]["note"]  # not "complete"
     lost = [r for r in report["renders"] if r["sku"] == gone["sku"] and r["spec"] == gone["spec"]]
     assert [(r["state"], r["uri"]) for r in lost] == [("pending", None)]
+
+
+def test_an_adopted_output_is_recorded_with_the_campaigns_own_spec(conn: Any, storage: Storage, uid: str):
+    """The campaign rendered thumb_320 at 300 px (specs.json said so then); today's config says
+    320. An orphan object is adopted with the size the campaign asked for, not today's."""
+    then = catalog.OutputSpec("thumb_320", 300, 300, "JPEG")
+    assert catalog.all_specs()["thumb_320"] != then
+    cid = f"brand.{uid}.adopt"
+    ledger.register_campaign(
+        conn,
+        ledger.NewCampaign(
+            cid, "brand", uid, "s3://in/m.csv", "0" * 64, [then], "studio", "m/1", "normal", False, None
+        ),
+    )
+    items = rows(1, uid)
+    producer = catalog.Producer("studio", "m/1", ())
+    ledger.plan_campaign(
+        conn, cid, items, {items[0].image_uri: f"fp-{uid}"}, [then], producer, ledger.LiveOutputs(storage)
+    )
+    c = ledger.claim(conn, cid, 0, "dead", lease_seconds=0)[0]
+    key = render_object_key(c.render_key, then.extension)
+    storage.put_once(settings().renders_bucket, key, b"jpeg", "image/jpeg", {"render-key": c.render_key})
+    assert reconcile(conn, storage, [cid]).adopted == 1
+    with conn.cursor() as cur:
+        cur.execute("SELECT width, height FROM outputs WHERE render_key = %s", (c.render_key,))
+        assert cur.fetchone() == (300, 300)
+    conn.rollback()

@@ -42,9 +42,9 @@ def test_a_50_sku_drop_triggered_twice_is_one_run_and_one_campaign(tmp_path: Pat
             cur.execute("SELECT count(*) FROM campaigns WHERE brand = 'atelier-test' AND drop_id = %s", (drop_id,))
             assert cur.fetchone()[0] == 1
         camp = ledger.campaign(conn, cid)
-        assert camp["state"] == "complete"
-        assert (camp["sku_count"], camp["render_count"]) == (SKUS, SKUS * len(SPECS))
-        assert camp["dag_run_id"] == run_id
+        assert camp.state == "complete"
+        assert (camp.sku_count, camp.render_count) == (SKUS, SKUS * len(SPECS))
+        assert camp.dag_run_id == run_id
         assert ledger.state_counts(conn, cid)["succeeded"] == SKUS * len(SPECS)
         rows = list(ledger.results(conn, cid))
     finally:
@@ -59,11 +59,11 @@ def test_a_50_sku_drop_triggered_twice_is_one_run_and_one_campaign(tmp_path: Pat
     }
     assert {k for _, k in keys} <= listed
 
-    bucket, key = split_s3(camp["report_uri"])
+    bucket, key = split_s3(camp.report_uri)
     report = json.loads(storage.client.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert report["state"] == "complete" and report["counts"] == {"succeeded": 100, "reused": 0, "failed": 0}
     assert {(r["sku"], r["spec"]) for r in report["renders"]} == {(r["sku"], r["spec"]) for r in rows}
 
     mapped = af.mapped_instances(run_id)
-    assert len(mapped) == camp["shard_count"] == 3  # 50 SKUs → 3 shards, not 50 tasks
+    assert len(mapped) == camp.shard_count == 3  # 50 SKUs → 3 shards, not 50 tasks
     assert all(" … " in (ti.rendered_map_index or "") for ti in mapped)

@@ -35,7 +35,7 @@ def test_a_deferred_drop_renders_everything_once(tmp_path: Path):
 
     conn = ledger.connect(cfg.ledger_dsn)
     try:
-        assert ledger.campaign(conn, cid)["state"] == "complete"
+        assert ledger.campaign(conn, cid).state == "complete"
         with conn.cursor() as cur:
             cur.execute("SELECT served_by, count(*) FROM renders WHERE campaign_id = %s GROUP BY 1", (cid,))
             assert dict(cur.fetchall()) == {"refservice_deferred": 24}

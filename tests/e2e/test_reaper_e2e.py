@@ -121,7 +121,7 @@ def test_a_finalized_campaign_whose_object_vanished_is_redriven_and_finalized_ag
     af.wait_for_dag()  # catalog_drop unpaused: the re-drive must be able to run
     run_reaper(af)
     camp = ledger.campaign(conn, cid)
-    assert camp["state"] == "planned" and camp["reopened_at"] is not None
+    assert camp.state == "planned" and camp.reopened_at is not None
     assert ledger.state_counts(conn, cid)["pending"] == 1
 
     with conn.cursor() as cur:  # five idle minutes, without waiting for them
@@ -132,8 +132,8 @@ def test_a_finalized_campaign_whose_object_vanished_is_redriven_and_finalized_ag
     assert wait_dag_run(af, "catalog_drop", f"redrive__{cid}__1", 600) == "success"
 
     camp = ledger.campaign(conn, cid)
-    assert (camp["state"], camp["last_run_id"], camp["reopened_at"]) == ("complete", f"redrive__{cid}__1", None)
-    assert camp["counts"] == first["counts"]
+    assert (camp.state, camp.last_run_id, camp.reopened_at) == ("complete", f"redrive__{cid}__1", None)
+    assert camp.counts == first["counts"]
     assert live.storage.exists(gone["output_bucket"], gone["output_key"])
     report = json.loads(
         live.storage.client.get_object(Bucket=settings().reports_bucket, Key=f"campaigns/{cid}/report.json")[

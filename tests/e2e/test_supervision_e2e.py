@@ -122,7 +122,7 @@ def test_a_killed_trigger_runner_is_restarted_and_the_deferred_drop_completes(tm
 
     conn = ledger.connect(cfg.ledger_dsn)
     try:
-        assert ledger.campaign(conn, cid)["state"] == "complete"
+        assert ledger.campaign(conn, cid).state == "complete"
         with conn.cursor() as cur:
             cur.execute("SELECT state, served_by, count(*) FROM renders WHERE campaign_id = %s GROUP BY 1, 2", (cid,))
             assert cur.fetchall() == [("succeeded", PROVIDER, SKUS)]
