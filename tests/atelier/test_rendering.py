@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from atelier.samples import make_catalog
 from atelier.settings import settings
 from atelier.storage import Storage, split_s3
 from tests.drops import params, planned, run_drop, sample_drop, upload
-from tests.helpers import refservice, server
+from tests.helpers import html_server, refservice, server
 
 
 @pytest.fixture
@@ -37,32 +35,6 @@ def provider_cfg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
     monkeypatch.setattr(providers, "configs", lambda: {**base, **overrides})
     yield override
     providers.get_provider.cache_clear()
-
-
-@contextmanager
-def html_server() -> Iterator[str]:
-    """A misconfigured endpoint: answers every request 200 with an HTML page, not JSON."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def _page(self) -> None:
-            body = b"<html>maintenance</html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = _page
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
 
 
 def test_the_same_packshot_in_two_brands_is_rendered_in_each_brands_style(res: Resources, tmp_path: Path, uid: str):

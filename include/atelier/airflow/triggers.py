@@ -7,7 +7,8 @@ deadline is fixed when the task defers, so a re-run does not extend it.
 The trigger never fires sooner than MIN_DEFERRAL_S after the task deferred: with Airflow 3.3.2's
 LocalExecutor, a task resumed within seconds of deferring can be marked up_for_retry by the late
 "finished" event of its own deferring workload (seen here: the supervisor exits ~5 s after the
-deferral). Deferral is for jobs that take long anyway; the wait costs no worker slot.
+deferral; upstream apache/airflow#72716 and #71580, proposed fix #71579 — drop this wait once a
+release carries it). Deferral is for jobs that take long anyway; the wait costs no worker slot.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 MIN_DEFERRAL_S = 10.0
@@ -52,42 +52,21 @@ class ProviderJobsTrigger(BaseTrigger):
         provider: Any = get_provider(self.provider)
         statuses: dict[str, dict[str, Any]] = {}
         pending = list(self.job_ids)
-        async with httpx.AsyncClient(timeout=provider.timeout, headers=provider.auth_headers()) as client:
-            while pending and time.time() < self.deadline:
-                results = await asyncio.gather(*(self._poll(provider, client, j) for j in pending))
-                still = []
-                for job_id, status in zip(pending, results, strict=True):
-                    if status is not None and status["status"] in ("succeeded", "failed"):
-                        statuses[job_id] = status
-                    else:
-                        still.append(job_id)
-                pending = still
-                if pending:
-                    await asyncio.sleep(self.poll_interval)
+        while pending and time.time() < self.deadline:
+            # The provider's own poll (breaker, shared rate limit, deadline, size caps) in threads:
+            # the same rules as the sync path, never a second implementation of them.
+            results = await asyncio.gather(*(asyncio.to_thread(provider.poll_status, j) for j in pending))
+            still = []
+            for job_id, status in zip(pending, results, strict=True):
+                if status is not None and status["status"] in ("succeeded", "failed"):
+                    statuses[job_id] = status
+                else:
+                    still.append(job_id)
+            pending = still
+            if pending:
+                await asyncio.sleep(self.poll_interval)
         for job_id in pending:
             statuses[job_id] = {"status": "unknown", "error": "not finished by the trigger's deadline"}
         if (wait := self.not_before - time.time()) > 0:
             await asyncio.sleep(wait)
         yield TriggerEvent({"statuses": statuses})
-
-    async def _poll(self, provider: Any, client: httpx.AsyncClient, job_id: str) -> dict[str, Any] | None:
-        """One status request under the shared rate limit and breaker; None = ask again later."""
-        from atelier.resilience import BreakerOpen
-
-        try:
-            # A Probe is passed back as itself: allow() and record() run on different threads here.
-            probe = await asyncio.to_thread(provider.breaker.allow)
-        except BreakerOpen:
-            return None
-        if provider.limiter is not None:
-            await asyncio.to_thread(provider.limiter.acquire)
-        try:
-            resp = await client.get(provider.base_url + provider.status_path(job_id))
-        except httpx.HTTPError:
-            await asyncio.to_thread(provider.breaker.record, False, probe if probe == "probe" else False)
-            return None
-        healthy = resp.status_code < 500
-        await asyncio.to_thread(provider.breaker.record, healthy, probe if probe == "probe" else False)
-        if resp.status_code != 200:
-            return None
-        return provider.parse_status(resp.json())

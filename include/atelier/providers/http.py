@@ -38,6 +38,7 @@ from atelier.catalog import Brand, OutputSpec
 from atelier.providers import Capabilities
 from atelier.resilience import (
     BreakerConfig,
+    BreakerOpen,
     CircuitBreaker,
     InFlight,
     PermanentError,
@@ -139,6 +140,15 @@ class HttpProvider:
             if status["status"] == "failed":
                 raise PermanentError(f"{self.name}: job {job_id} failed: {status.get('error')}")
             return self.result(job_id, status)
+
+    def poll_status(self, job_id: str) -> dict[str, Any] | None:
+        """One status request, no retries, under the same breaker, rate limit, deadline and size
+        caps as ``render``: the parsed status, or None when it should be asked again later (the
+        provider is unavailable, or answered something transient or unparseable)."""
+        try:
+            return self.parse_status(self._once("GET", self._url(self.status_path(job_id)), "json"))
+        except (TransientError, BreakerOpen, PermanentError, KeyError, TypeError, ValueError):
+            return None
 
     def slot(self) -> AbstractContextManager[None]:
         """One in-flight slot for the whole job (submit → result)."""

@@ -12,7 +12,7 @@ import httpx
 from atelier.airflow.triggers import ProviderJobsTrigger
 from atelier.providers import configs, get_provider
 from atelier.samples import packshot
-from tests.helpers import refservice
+from tests.helpers import html_server, refservice
 
 BODY = {
     "image_b64": base64.b64encode(packshot(3, 4)[2]).decode(),
@@ -61,3 +61,15 @@ def test_trigger_reports_unfinished_jobs_at_its_deadline(monkeypatch):
         [event] = collect(ProviderJobsTrigger("refservice_deferred", [job], time.time() + 1, 0.1))
     get_provider.cache_clear()
     assert event.payload["statuses"][job]["status"] == "unknown"
+
+
+def test_a_status_endpoint_answering_html_does_not_crash_the_trigger(monkeypatch, uid: str):
+    """A 200 with an HTML page (a proxy's maintenance page) is an unparseable answer: the trigger
+    asks again and reports the job unfinished at its deadline, instead of dying on a JSON error."""
+    with html_server() as url:
+        monkeypatch.setenv("ATELIER_PROVIDER_REFSERVICE_DEFERRED_URL", url)
+        monkeypatch.setitem(configs()["refservice_deferred"], "service", f"html-{uid}")
+        get_provider.cache_clear()
+        [event] = collect(ProviderJobsTrigger("refservice_deferred", ["job-1"], time.time() + 1, 0.1))
+    get_provider.cache_clear()
+    assert event.payload["statuses"]["job-1"]["status"] == "unknown"
