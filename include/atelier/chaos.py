@@ -92,9 +92,13 @@ def task_processes(ti_ids: set[str]) -> dict[str, int]:
     return found
 
 
+def _state(ti: Any) -> str:
+    return str(getattr(ti.state, "value", ti.state))  # the API client gives an enum
+
+
 def kill_a_render_task(af: Any, run_id: str, ev: Events) -> bool:
     """SIGKILLs the process of one running render task of ``run_id`` (as an OOM kill would)."""
-    running = {str(ti.id): ti for ti in af.mapped_instances(run_id, PROVIDER) if str(ti.state) == "running"}
+    running = {str(ti.id): ti for ti in af.mapped_instances(run_id, PROVIDER) if _state(ti) == "running"}
     for ti_id, pid in sorted(task_processes(set(running)).items(), key=lambda kv: running[kv[0]].map_index):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -186,7 +190,7 @@ def run(
     specs: list[str] | None = None,
 ) -> dict[str, Any]:
     from atelier.airflow_api import Airflow
-    from atelier.cli import make_samples, prepare_trigger, wait_for_run
+    from atelier.driver import make_samples, prepare_trigger, wait_for_run
 
     cfg = settings()
     specs = specs or ["bench_small_128"]
@@ -263,6 +267,11 @@ def run(
     finally:
         conn.close()
     report["run_state"] = state
+    # Each failed try of a render task (killed, or cut off from the ledger) may leave one render
+    # PUT but not recorded, which its retry renders and PUTs again: the bound on second PUTs.
+    report["render_task_retries"] = sum(
+        max(0, (ti.try_number or 1) - 1) for ti in af.mapped_instances(run_id, PROVIDER)
+    )
     httpx.post(f"{ref}/admin/reset", headers=admin, timeout=10)  # faults off again for whatever runs next
     return report
 
@@ -352,7 +361,7 @@ Chaos accounting — campaign {r["campaign_id"]} ({r["campaign_state"]})
   succeeded ................... {r["succeeded"]}  (served by {r["served_by"]})
   failed permanently .......... {r["failed_permanently"]}  {r["failed_reasons"]}
   LOST ........................ {r["lost"]}
-  DUPLICATED effects .......... S3 keys PUT twice {r["duplicated_s3_writes"]} (of {r["s3_puts"]} PUTs {r["s3_put_statuses"]}), provider keys executed twice {r["duplicated_provider_executions"]} (of {r["provider_executions"]} executions)
+  DUPLICATED effects .......... S3 keys PUT twice {r["duplicated_s3_writes"]} (of {r["s3_puts"]} PUTs {r["s3_put_statuses"]}; render task retries {r.get("render_task_retries")}), objects stored twice {r["s3_objects_stored_twice"]}, provider keys executed twice {r["duplicated_provider_executions"]} (of {r["provider_executions"]} executions)
   RATE-LIMIT violations ....... {r["rate_limit_violations_at_server"]} at the server (max {r["server_max_requests_in_1s"]} req/s, {r["server_max_in_flight"]} in flight)
   breaker transitions ......... {", ".join(r["breaker_transitions"]) or "none"}
   served by the fallback ...... {r["served_by_fallback"]}

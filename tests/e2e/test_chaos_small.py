@@ -20,10 +20,11 @@ def test_small_chaos_run_loses_nothing_and_does_nothing_twice():
     assert r["lost"] == 0, r["lost_examples"]
     # The instruments saw this run's effects (a count of zero duplicates means something) ...
     assert r["s3_puts"] > 0 and r["provider_executions"] > 0
-    # ... and none was done twice: no render object PUT a second time, no key executed twice.
-    assert r["duplicated_s3_writes"] == 0, r["duplicated_s3_write_keys"]
-    assert r["s3_objects_stored_twice"] == 0
-    assert r["duplicated_provider_executions"] == 0
+    # ... and nothing was done twice: no object stored twice, no provider key executed twice, and
+    # a render PUT a second time only where a failed task try had PUT it but not yet recorded it
+    # (its retry renders it again and the conditional write refuses the PUT): at most one per retry.
+    assert r["s3_objects_stored_twice"] == 0 and r["duplicated_provider_executions"] == 0
+    assert r["duplicated_s3_writes"] <= r["render_task_retries"], r["duplicated_s3_write_keys"]
     assert r["succeeded"] + r["reused"] + r["failed_permanently"] == 200
     # only outputs the provider corrupted fail, each with its reason
     assert set(r["failed_reasons"]) <= {"quality check (refservice)"}
