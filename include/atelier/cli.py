@@ -8,9 +8,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from atelier import catalog
+from atelier import bench, catalog, driver
 from atelier.catalog import ConfigError
 from atelier.settings import ROOT, settings
 
@@ -21,48 +20,10 @@ class UsageError(Exception):
     pass
 
 
-def _ledger() -> Any:
-    from atelier import ledger
-
-    return ledger.connect(settings().ledger_dsn)
-
-
-def _storage() -> Any:
-    from atelier.storage import Storage, s3_client
-
-    return Storage(s3_client())
-
-
-# -- samples -----------------------------------------------------------------------------------
-def upload_catalog(out: Path, base_uri: str) -> str:
-    """Uploads a sample catalog's images and manifest under ``base_uri``; returns the manifest URI."""
-    from atelier.storage import split_s3
-
-    bucket, prefix = split_s3(base_uri.rstrip("/") + "/x")
-    prefix = prefix[:-1]
-    files: list[tuple[str, bytes | str]] = [(f"{prefix}images/{p.name}", str(p)) for p in (out / "images").iterdir()]
-    files.append((f"{prefix}manifest.csv", str(out / "manifest.csv")))
-    _storage().upload_tree(files, bucket)
-    return f"s3://{bucket}/{prefix}manifest.csv"
-
-
-def make_samples(skus: int, out: Path, seed: int, base_uri: str, upload: bool, quiet: bool = False) -> str | None:
-    from atelier.samples import make_catalog
-
-    def progress(done: int) -> None:
-        if not quiet and (done % 100 == 0 or done == skus):
-            print(f"\r  packshots {done}/{skus}", end="", file=sys.stderr, flush=True)
-
-    make_catalog(skus, out, base_uri.rstrip("/") + "/images", seed, progress)
-    if not quiet:
-        print(file=sys.stderr)
-    return upload_catalog(out, base_uri) if upload else None
-
-
 def cmd_samples(args: argparse.Namespace) -> int:
     out = Path(args.out)
     base = args.image_base or f"s3://{settings().inbox_bucket}/samples/{out.name}"
-    uri = make_samples(args.skus, out, args.seed, base, args.upload)
+    uri = driver.make_samples(args.skus, out, args.seed, base, args.upload)
     print(f"wrote {args.skus} SKUs to {out}/manifest.csv" + (f"; uploaded, manifest at {uri}" if uri else ""))
     return EXIT_OK
 
@@ -79,7 +40,7 @@ def cmd_manifest_validate(args: argparse.Namespace) -> int:
                 report = Report()
                 report.add(Problem(None, "manifest_uri", reason))
             else:
-                with _storage().open(args.path) as body:
+                with driver.open_storage().open(args.path) as body:
                     report = validate(body, fmt, brand)
         else:
             with open(args.path, "rb") as fh:
@@ -101,7 +62,7 @@ def cmd_manifest_validate(args: argparse.Namespace) -> int:
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from atelier.migrations import migrate
 
-    conn = _ledger()
+    conn = driver.open_ledger()
     applied = migrate(conn)
     conn.close()
     print("ledger migrations applied: " + (", ".join(applied) if applied else "none (up to date)"))
@@ -110,113 +71,16 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_storage_init(args: argparse.Namespace) -> int:
     cfg = settings()
-    _storage().ensure_buckets([cfg.inbox_bucket, cfg.renders_bucket, cfg.reports_bucket])
+    driver.open_storage().ensure_buckets([cfg.inbox_bucket, cfg.renders_bucket, cfg.reports_bucket])
     print(f"buckets ready at {cfg.s3_endpoint}: {cfg.inbox_bucket}, {cfg.renders_bucket}, {cfg.reports_bucket}")
     return EXIT_OK
 
 
 # -- trigger / status --------------------------------------------------------------------------
-def prepare_trigger(
-    brand: str,
-    manifest_uri: str,
-    specs: list[str],
-    provider: str,
-    drop_id: str | None,
-    shard_size: int = 0,
-    priority: str = "normal",
-    dry_run: bool = False,
-) -> tuple[str, str, dict[str, Any]]:
-    """Validates the request and the manifest here, before anything is triggered; returns
-    (campaign id, run id, conf). The run id is derived from the campaign key."""
-    from atelier.campaign import DropRequest
-    from atelier.manifest import ManifestError, detect_format, validate
-
-    conf = {
-        "brand": brand,
-        "manifest_uri": manifest_uri,
-        "output_specs": specs,
-        "provider": provider,
-        "drop_id": drop_id or "",
-        "shard_size": shard_size,
-        "priority": priority,
-        "dry_run": dry_run,
-    }
-    req = DropRequest.from_params(conf)
-    with _storage().open(manifest_uri) as body:
-        report = validate(body, detect_format(manifest_uri), catalog.brand(brand))
-    if not report.ok:
-        raise ManifestError(report)
-    drop = req.drop_id or catalog.default_drop_id(report.sha256)
-    conf["drop_id"] = drop
-    cid = catalog.campaign_id(req.brand, drop, report.sha256, req.specs, req.provider)
-    return cid, catalog.run_id_for(cid), conf
-
-
-def progress_line(counts: dict[str, int], total: int, width: int = 32) -> str:
-    done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
-    frac = done / total if total else 0.0
-    bar = "█" * round(frac * width) + "·" * (width - round(frac * width))
-    return (
-        f"  [{bar}] {done}/{total} renders  ({counts.get('succeeded', 0)} rendered, "
-        f"{counts.get('skipped', 0)} duplicates, {counts.get('failed', 0)} failed)"
-    )
-
-
-def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, timeout: float = 7200) -> str:
-    """Polls the run and shows ledger progress until the run ends; returns the run's state. Rides
-    out a database or api-server restart (it reconnects and keeps watching)."""
-    import psycopg
-    from airflow_client.client import ApiException
-
-    from atelier import ledger
-
-    conn = None
-    deadline = time.monotonic() + timeout
-    state, last, tty = "queued", "", sys.stderr.isatty()
-    try:
-        while time.monotonic() < deadline:
-            try:
-                run_state = af.run(run_id).state
-                state = str(getattr(run_state, "value", run_state))
-                if show:
-                    conn = conn if conn is not None and not conn.closed else _ledger()
-                    try:
-                        camp = ledger.campaign(conn, campaign_id)
-                        total = camp.render_count or 0
-                        counts = ledger.state_counts(conn, campaign_id)
-                        line = progress_line(counts, total) if total else "  validating and planning…"
-                    except KeyError:
-                        line = "  waiting for the run to start…"
-                    line = f"{line}  run: {state}"
-                    if tty:
-                        print(f"\r{line}   ", end="", file=sys.stderr, flush=True)
-                    elif line != last:
-                        print(line, file=sys.stderr, flush=True)
-                    last = line
-            except (psycopg.OperationalError, ConnectionError, OSError) as exc:
-                if conn is not None:
-                    conn.close()
-                conn = None
-                print(f"  (watching: {type(exc).__name__}; retrying)", file=sys.stderr, flush=True)
-            except ApiException as exc:  # the api-server answering 5xx while its database restarts
-                if exc.status is not None and exc.status < 500:
-                    raise
-                print(f"  (watching: Airflow API {type(exc).__name__}; retrying)", file=sys.stderr, flush=True)
-            if state in ("success", "failed"):
-                break
-            time.sleep(2)
-    finally:
-        if conn is not None:
-            conn.close()
-        if show and tty:
-            print(file=sys.stderr)
-    return state
-
-
 def cmd_trigger(args: argparse.Namespace) -> int:
     from atelier.airflow_api import Airflow
 
-    cid, run_id, conf = prepare_trigger(
+    cid, run_id, conf = driver.prepare_trigger(
         args.brand,
         args.manifest,
         args.specs.split(","),
@@ -240,7 +104,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         )
     )
     if args.wait:
-        state = wait_for_run(af, run_id, cid)
+        state = driver.wait_for_run(af, run_id, cid)
         return status_of(cid, as_json=False) if state == "success" else EXIT_INVALID
     return EXIT_OK
 
@@ -248,7 +112,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 def status_of(ident: str, as_json: bool) -> int:
     from atelier import ledger
 
-    conn = _ledger()
+    conn = driver.open_ledger()
     found = ledger.find_campaigns(conn, ident)
     if not found:
         conn.close()
@@ -290,33 +154,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # -- demo --------------------------------------------------------------------------------------
-def fetch_outputs(campaign_id: str, dest: Path) -> Path:
-    """Copies a campaign's images (named <sku>__<spec>.<ext>), report and contact sheet locally."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from atelier.storage import split_s3
-
-    storage = _storage()
-    camp_dir = dest / campaign_id
-    (camp_dir / "images").mkdir(parents=True, exist_ok=True)
-    bucket = settings().reports_bucket
-    for name in ("report.json", "contact_sheet.html"):
-        data = storage.client.get_object(Bucket=bucket, Key=f"campaigns/{campaign_id}/{name}")["Body"].read()
-        (camp_dir / name).write_bytes(data)
-    report = json.loads((camp_dir / "report.json").read_text())
-
-    def copy(r: dict[str, Any]) -> None:
-        b, k = split_s3(r["uri"])
-        ext = k.rsplit(".", 1)[-1]
-        (camp_dir / "images" / f"{r['sku']}__{r['spec']}.{ext}").write_bytes(
-            storage.client.get_object(Bucket=b, Key=k)["Body"].read()
-        )
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(copy, [r for r in report["renders"] if r["uri"]]))
-    return camp_dir
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from atelier.airflow_api import Airflow
 
@@ -326,15 +163,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     base = f"s3://{cfg.inbox_bucket}/demo/{work.name}"
     print(f"• sample catalog: {args.skus} SKUs (seed {args.seed}) → {base}", file=sys.stderr)
     if not (work / "manifest.csv").exists():
-        make_samples(args.skus, work, args.seed, base, upload=False)
-    manifest_uri = upload_catalog(work, base)
+        driver.make_samples(args.skus, work, args.seed, base, upload=False)
+    manifest_uri = driver.upload_catalog(work, base)
     drop_id = f"demo-{time.strftime('%Y%m%dT%H%M%S')}"
-    cid, run_id, conf = prepare_trigger(args.brand, manifest_uri, args.specs.split(","), "studio", drop_id)
+    cid, run_id, conf = driver.prepare_trigger(args.brand, manifest_uri, args.specs.split(","), "studio", drop_id)
     af = Airflow.connect()
     af.wait_for_dag()
     print(f"• triggering catalog_drop through the REST API: run {run_id}", file=sys.stderr)
     af.trigger(run_id, conf)
-    state = wait_for_run(af, run_id, cid)
+    state = driver.wait_for_run(af, run_id, cid)
     wall = time.monotonic() - started
     return print_summary(cid, run_id, state, wall)
 
@@ -342,12 +179,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
     from atelier import ledger
 
-    conn = _ledger()
+    conn = driver.open_ledger()
     camp = ledger.campaign(conn, cid)
     conn.close()
     counts = camp.counts or {}
     qa = camp.qa or {}
-    local = fetch_outputs(cid, ROOT / "out") if camp.report_uri else None
+    local = driver.fetch_outputs(cid, ROOT / "out") if camp.report_uri else None
     cfg = settings()
     lines = [
         "",
@@ -377,151 +214,14 @@ def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
 
 
 # -- bench -------------------------------------------------------------------------------------
-def bench_run(af: Any, skus: int, seed: int, spec: str, shard_size: int, label: str) -> dict[str, Any]:
-    cfg = settings()
-    work = ROOT / ".state" / "bench" / f"catalog-{skus}-seed{seed}"
-    base = f"s3://{cfg.inbox_bucket}/bench/{work.name}"
-    if not (work / "manifest.csv").exists():
-        make_samples(skus, work, seed, base, upload=False)
-    manifest_uri = upload_catalog(work, base)
-    drop_id = f"bench-{label}-{time.strftime('%Y%m%dT%H%M%S')}"
-    cid, run_id, conf = prepare_trigger("atelier-test", manifest_uri, [spec], "studio", drop_id, shard_size)
-    af.trigger(run_id, conf)
-    print(f"• {label}: {skus} SKUs, run {run_id}", file=sys.stderr)
-    state = wait_for_run(af, run_id, cid)
-    return bench_figures(af, run_id, cid, label, state)
-
-
-def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str) -> dict[str, Any]:
-    """Wall time from the Airflow run, render time from the ledger, mapped instances from the API."""
-    from atelier import ledger
-
-    run = af.run(run_id)
-    wall = (run.end_date - run.start_date).total_seconds()
-    conn = _ledger()
-    camp = ledger.campaign(conn, cid)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*), coalesce(sum(render_ms), 0) FROM renders WHERE campaign_id = %s AND state = 'succeeded'",
-            (cid,),
-        )
-        rendered, render_ms = cur.fetchone()
-    conn.close()
-    mapped = len(af.mapped_instances(run_id))
-    slots = json.loads((ROOT / "config" / "pools.json").read_text())["provider_studio"]["slots"]
-    return {
-        "label": label,
-        "run_id": run_id,
-        "state": state,
-        "campaign": camp.state,
-        "skus": camp.sku_count,
-        "renders": rendered,
-        "wall_s": round(wall, 1),
-        "renders_per_s": round(rendered / wall, 2) if wall else 0,
-        "mapped_task_instances": mapped,
-        "render_s_total": round(render_ms / 1000, 1),
-        # Slot-seconds of the provider pool not spent rendering, per render: Airflow scheduling, task
-        # start-up, ledger and S3 I/O.
-        "overhead_per_render_s": round((wall * slots - render_ms / 1000) / rendered, 3) if rendered else None,
-    }
-
-
-def _validate_in_child(path: str, fmt: str = "csv", brand: str = "atelier-test") -> dict[str, Any]:
-    import resource
-
-    from atelier.manifest import validate
-
-    started = time.perf_counter()
-    with open(path, "rb") as fh:
-        report = validate(fh, fmt, catalog.brand(brand))
-    seconds = time.perf_counter() - started
-    return {
-        "rows": report.rows,
-        "seconds": round(seconds, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "valid": report.ok,
-        "problems": report.problems_total,
-        "first_problem": str(report.problems[0])[:160] if report.problems else None,
-    }
-
-
-def _validate_path_in_child(path: Path, fmt: str) -> dict[str, Any]:
-    """Validation in a fresh process, so its peak RSS is this manifest's alone."""
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_validate_in_child, (str(path), fmt))
-
-
-def bench_manifest(rows: int) -> dict[str, Any]:
-    """Validation time and the validating process's peak RSS for a manifest of ``rows`` rows."""
-    import tempfile
-
-    inbox = settings().inbox_bucket
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "m.csv"
-        with path.open("w") as fh:
-            fh.write("sku,title,category,image_uri,colour,season\n")
-            for i in range(rows):
-                fh.write(f"B-{i:07d},Wool coat {i},coat,s3://{inbox}/bench/B-{i:07d}.jpg,camel,AW26\n")
-        result = _validate_path_in_child(path, "csv")
-    assert result["valid"], result["first_problem"]
-    return result
-
-
-def bench_hostile_manifests(megabytes: int = 64) -> dict[str, dict[str, Any]]:
-    """Time, peak RSS and the first problem for hostile manifests: a single line of ``megabytes`` MB
-    (CSV and JSON Lines), 20,000 columns, and JSON Lines with a 5,000-digit integer, 15,000-deep
-    nesting, NaN and a lone surrogate. Each must be refused with a problem, in flat memory."""
-    import tempfile
-
-    image = f"s3://{settings().inbox_bucket}/bench/H-1.jpg"
-    piece = "x" * (1 << 20)
-    cases: dict[str, tuple[str, list[str]]] = {
-        "baseline (1-row CSV)": ("csv", ["sku,title,category,image_uri\n", f"H-1,Coat,coat,{image}\n"]),
-        f"single {megabytes} MB line (CSV)": (
-            "csv",
-            ["sku,title,category,image_uri\n", "H-1,", *[piece] * megabytes, f",coat,{image}\n"],
-        ),
-        f"single {megabytes} MB line (JSONL)": (
-            "jsonl",
-            ['{"sku": "H-1", "title": "', *[piece] * megabytes, f'", "category": "coat", "image_uri": "{image}"}}\n'],
-        ),
-        "20,000 columns (CSV)": (
-            "csv",
-            [
-                "sku,title,category,image_uri," + ",".join(f"c{i}" for i in range(20_000)) + "\n",
-                f"H-1,Coat,coat,{image}," + ",".join("v" for _ in range(20_000)) + "\n",
-            ],
-        ),
-        "5,000-digit int, 15,000-deep nesting, NaN, lone surrogate (JSONL)": (
-            "jsonl",
-            [
-                f'{{"sku": "H-1", "title": "Coat", "category": "coat", "image_uri": "{image}", "n": {"9" * 5000}}}\n',
-                "[" * 15_000 + "]" * 15_000 + "\n",
-                f'{{"sku": "H-3", "title": "Coat", "category": "coat", "image_uri": "{image}", "w": NaN}}\n',
-                f'{{"sku": "H-4", "title": "Co\\ud800at", "category": "coat", "image_uri": "{image}"}}\n',
-            ],
-        ),
-    }
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for label, (fmt, parts) in cases.items():
-            path = Path(tmp) / f"m.{fmt}"
-            with path.open("w") as fh:
-                fh.writelines(parts)
-            results[label] = {"bytes": path.stat().st_size, **_validate_path_in_child(path, fmt)}
-    return results
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from atelier.airflow_api import Airflow
     from atelier.planning import MAP_LIMIT
 
     for rows in (10_000, 100_000):
-        m = bench_manifest(rows)
+        m = bench.bench_manifest(rows)
         print(f"manifest validation: {m['rows']} rows in {m['seconds']} s, peak RSS {m['peak_rss_mb']} MB")
-    for label, h in bench_hostile_manifests().items():
+    for label, h in bench.bench_hostile_manifests().items():
         print(
             f"hostile manifest, {label}: {h['bytes']:,} bytes in {h['seconds']} s, peak RSS {h['peak_rss_mb']} MB, "
             f"{h['problems']} problem(s): {h['first_problem']}"
@@ -532,9 +232,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     af.wait_for_dag()
     # Fresh seeds each run so nothing is deduplicated against an earlier bench.
     seed = int(time.time()) % 10_000
-    sharded = bench_run(af, args.skus, seed, args.spec, 0, "sharded")
+    sharded = bench.bench_run(af, args.skus, seed, args.spec, 0, "sharded")
     per_sku_n = min(args.per_sku_skus, MAP_LIMIT)
-    per_sku = bench_run(af, per_sku_n, seed + 1, args.spec, 1, "per-sku")
+    per_sku = bench.bench_run(af, per_sku_n, seed + 1, args.spec, 1, "per-sku")
     print(json.dumps({"sharded": sharded, "per_sku": per_sku}, indent=1))
     ratio = sharded["renders_per_s"] / per_sku["renders_per_s"] if per_sku["renders_per_s"] else float("nan")
     print(

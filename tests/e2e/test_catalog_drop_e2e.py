@@ -10,7 +10,7 @@ import pytest
 
 from atelier import ledger
 from atelier.airflow_api import Airflow
-from atelier.cli import make_samples, prepare_trigger, wait_for_run
+from atelier.driver import make_samples, prepare_trigger, wait_for_run
 from atelier.settings import settings
 from atelier.storage import Storage, split_s3
 

@@ -17,7 +17,7 @@ import pytest
 
 from atelier import ledger, providers
 from atelier.airflow_api import Airflow
-from atelier.cli import make_samples, prepare_trigger, wait_for_run
+from atelier.driver import make_samples, prepare_trigger, wait_for_run
 from atelier.refservice import admin_headers
 from atelier.settings import settings
 

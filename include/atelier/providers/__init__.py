@@ -7,32 +7,14 @@ provider; the chain is the primary followed by its configured fallbacks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Protocol
+from typing import Any
 
-from atelier.catalog import Brand, OutputSpec, Producer, render_style
+from atelier.catalog import Brand, Producer, render_style
+from atelier.providers.base import Capabilities, Provider
 from atelier.settings import load_config
 
-
-@dataclass(frozen=True)
-class Capabilities:
-    max_in_flight: int  # concurrent calls across all workers
-    rps: float  # requests per second across all workers (0: unlimited, local)
-    idempotency_keys: bool  # the provider deduplicates on our render key
-    mode: str  # "sync" (in-process) or "async" (submit a job, then poll)
-
-
-class Provider(Protocol):
-    name: str
-    model_version: str
-    capabilities: Capabilities
-
-    def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
-        """Renders ``source`` into ``spec``. ``key`` (the render key) is the idempotency key.
-        Raises images.BadImage or resilience.PermanentError for what retrying cannot fix, and
-        resilience.TransientError / BreakerOpen when the provider is unavailable."""
-        ...
+__all__ = ["Capabilities", "Provider", "chain", "config", "configs", "get_provider", "model_version", "producer"]
 
 
 def configs() -> dict[str, dict[str, Any]]:

@@ -35,7 +35,7 @@ import httpx
 
 from atelier import netguard
 from atelier.catalog import Brand, OutputSpec
-from atelier.providers import Capabilities
+from atelier.providers.base import Capabilities
 from atelier.resilience import (
     BreakerConfig,
     BreakerOpen,

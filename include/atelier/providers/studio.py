@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from atelier.catalog import Brand, OutputSpec
 from atelier.images import BadImage, decode_input
-from atelier.providers import Capabilities
+from atelier.providers.base import Capabilities
 
 # The cut-out is made at a working resolution chosen from the output spec alone (so a render's bytes
 # depend only on input × spec × model version), never larger than the output needs.
