@@ -3,6 +3,7 @@ render identity, fallbacks, input integrity, leases, aborts and deferred jobs.""
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from atelier import ledger, providers
 from atelier.campaign import DropRequest
 from atelier.rendering import complete_batch, new_tally, render_shard, submit_batch
+from atelier.resilience import TransientError
 from atelier.resources import Resources
 from atelier.samples import make_catalog
 from atelier.settings import settings
@@ -167,3 +169,21 @@ def test_a_deferred_render_resumes_its_job_instead_of_paying_twice(
         assert ledger.state_counts(res.conn, cid)["pending"] == 1
         again = submit_batch(res, cid, shards[0]["shard"], owner, tally)
     assert [j["job_id"] for j in again] == [j["job_id"] for j in jobs]
+
+
+def test_with_redis_down_renders_wait_instead_of_falling_back(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None]
+):
+    """Redis holds the provider's shared rate limit and breaker: without it the provider must not
+    be called (fail closed), and it is not the provider's fault, so the renders go back to pending
+    for the task's retry instead of being served by the fallback."""
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    with refservice() as url, socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+        dead = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        provider_cfg("refservice", url=url, service=f"noredis-{uid}", redis_url=dead)
+        req = DropRequest.from_params(params(manifest, provider="refservice", drop_id=f"nr-{uid}"))
+        cid, shards = planned(res, req, f"nr-{uid}")
+        with pytest.raises(TransientError, match="pending again"):
+            render_shard(res, cid, shards[0]["shard"], f"nr-{uid}/0")
+    assert ledger.state_counts(res.conn, cid)["pending"] == 2  # nothing rendered by studio, nothing lost

@@ -105,10 +105,12 @@ class HttpProvider:
         # Quotas, breaker and budget belong to the service: provider entries that reach the same
         # service (e.g. refservice and refservice_deferred) share them.
         service = str(cfg.get("service", name))
-        self.limiter = RateLimiter(service, self.capabilities.rps) if self.capabilities.rps > 0 else None
-        self.in_flight = InFlight(service, self.capabilities.max_in_flight, lease_s=float(cfg["job_timeout_s"]) + 60)
-        self.breaker = CircuitBreaker(service, BreakerConfig(**cfg.get("breaker", {})))
-        self.budget = RetryBudget(service)
+        redis = cfg.get("redis_url")  # where the shared limits live; default: the settings' Redis
+        self.limiter = RateLimiter(service, self.capabilities.rps, url=redis) if self.capabilities.rps > 0 else None
+        lease_s = float(cfg["job_timeout_s"]) + 60
+        self.in_flight = InFlight(service, self.capabilities.max_in_flight, lease_s=lease_s, url=redis)
+        self.breaker = CircuitBreaker(service, BreakerConfig(**cfg.get("breaker", {})), url=redis)
+        self.budget = RetryBudget(service, url=redis)
         self.attempts = int(cfg.get("attempts", 5))
         self.poll_interval = float(cfg.get("poll_interval_s", 0.5))
         self.job_timeout = float(cfg["job_timeout_s"])
