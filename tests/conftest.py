@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atelier import ledger
+from atelier import ledger, providers
 from atelier.migrations import migrate
 from atelier.resources import Resources
 from atelier.settings import settings
@@ -70,3 +70,19 @@ def res(conn: Any, storage: Storage) -> Resources:
 @pytest.fixture
 def uid() -> str:
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def provider_cfg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Points a provider entry elsewhere for one test (its own service name keeps its breaker,
+    limiter and in-flight slots apart from everyone else's in Redis)."""
+    base = providers.configs()
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def override(name: str, **changes: Any) -> None:
+        overrides[name] = {**base[name], **changes}
+        providers.get_provider.cache_clear()
+
+    monkeypatch.setattr(providers, "configs", lambda: {**base, **overrides})
+    yield override
+    providers.get_provider.cache_clear()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atelier import ledger, providers
+from atelier import ledger
 from atelier.campaign import DropRequest
 from atelier.rendering import complete_batch, new_tally, render_shard, submit_batch
 from atelier.resilience import TransientError
@@ -21,22 +21,6 @@ from atelier.settings import settings
 from atelier.storage import Storage, split_s3
 from tests.drops import params, planned, run_drop, sample_drop, upload
 from tests.helpers import html_server, refservice, server
-
-
-@pytest.fixture
-def provider_cfg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
-    """Points a provider entry elsewhere for one test (its own service name keeps its breaker,
-    limiter and in-flight slots apart from everyone else's in Redis)."""
-    base = providers.configs()
-    overrides: dict[str, dict[str, Any]] = {}
-
-    def override(name: str, **changes: Any) -> None:
-        overrides[name] = {**base[name], **changes}
-        providers.get_provider.cache_clear()
-
-    monkeypatch.setattr(providers, "configs", lambda: {**base, **overrides})
-    yield override
-    providers.get_provider.cache_clear()
 
 
 def test_the_same_packshot_in_two_brands_is_rendered_in_each_brands_style(res: Resources, tmp_path: Path, uid: str):
