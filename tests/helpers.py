@@ -52,9 +52,9 @@ def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32, se
     import os
     import secrets
 
-    from atelier.refservice import ADMIN_TOKEN_ENV
+    from atelier.refservice import ADMIN_TOKEN_ENV, admin_token
 
-    os.environ.setdefault(ADMIN_TOKEN_ENV, secrets.token_hex(16))
+    os.environ.setdefault(ADMIN_TOKEN_ENV, admin_token() or secrets.token_hex(16))
     args = ["-m", "atelier.cli", "refservice", "serve", "--faults", faults, "--rps", str(rps)]
     args += ["--max-in-flight", str(max_in_flight), "--seed", str(seed)]
     with server(args) as url:

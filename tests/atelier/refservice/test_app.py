@@ -198,3 +198,15 @@ def test_retention_refuses_keys_kept_shorter_than_results():
         Retention(result_ttl_s=100, key_ttl_s=10)
     with pytest.raises(ValueError):
         Retention(max_finished_jobs=10, max_keys=5)
+
+
+def test_admin_token_comes_from_the_environment_else_the_stacks_secrets(tmp_path, monkeypatch):
+    from atelier.refservice import ADMIN_TOKEN_ENV
+
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    monkeypatch.setenv("ATELIER_STATE", str(tmp_path))
+    assert admin_headers() == {}  # no token anywhere: nothing to send
+    (tmp_path / "secrets.env").write_text(f"OTHER=x\n{ADMIN_TOKEN_ENV}=from-file\n")
+    assert admin_headers() == {"Authorization": "Bearer from-file"}  # `make chaos` runs without stack.sh exec
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "from-env")
+    assert admin_headers() == {"Authorization": "Bearer from-env"}
