@@ -353,6 +353,25 @@ def account(
     }
 
 
+def problems(r: dict[str, Any]) -> list[str]:
+    """What the accounting says went wrong (empty: nothing lost, nothing done twice, quota kept)."""
+    out = []
+    if r["lost"]:
+        out.append(f"{r['lost']} renders lost, e.g. {r['lost_examples']}")
+    if r["s3_objects_stored_twice"]:
+        out.append(f"{r['s3_objects_stored_twice']} render objects stored twice")
+    if r["duplicated_s3_writes"] > r.get("render_task_retries", 0):
+        out.append(
+            f"{r['duplicated_s3_writes']} render objects PUT again, more than the {r.get('render_task_retries', 0)} "
+            f"render-task retries explain, e.g. {r['duplicated_s3_write_keys']}"
+        )
+    if r["duplicated_provider_executions"]:
+        out.append(f"{r['duplicated_provider_executions']} provider keys executed more than once")
+    if r["rate_limit_violations_at_server"]:
+        out.append(f"{r['rate_limit_violations_at_server']} requests over the provider's quota")
+    return out
+
+
 def print_report(r: dict[str, Any]) -> None:
     print(json.dumps(r, indent=1))
     print(f"""

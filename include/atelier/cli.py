@@ -255,8 +255,10 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 
     report = chaos.run(args.skus, args.outage, kill=not args.no_kill, pg_restart=not args.no_pg_restart)
     chaos.print_report(report)
-    bad = report["lost"] or report["duplicated_s3_writes"] or report["duplicated_provider_executions"]
-    return EXIT_INVALID if bad or report["rate_limit_violations_at_server"] else EXIT_OK
+    problems = chaos.problems(report)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return EXIT_INVALID if problems else EXIT_OK
 
 
 # -- reference inference service ---------------------------------------------------------------
