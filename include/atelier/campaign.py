@@ -106,9 +106,7 @@ def register(res: Resources, req: DropRequest, validated: dict[str, Any], run_id
             dag_run_id=run_id,
         ),
     )
-    log.info(
-        "campaign %s %s (state %s)", row.campaign_id, "registered" if created else "already exists", row.state
-    )
+    log.info("campaign %s %s (state %s)", row.campaign_id, "registered" if created else "already exists", row.state)
     return {"campaign_id": row.campaign_id, "created": created, "state": row.state}
 
 

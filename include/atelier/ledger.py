@@ -6,6 +6,7 @@ theirs from the Airflow connection ``atelier_ledger`` (PostgresHook). Each funct
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -379,6 +380,14 @@ class Output:
     qa_passed: bool
     qa_reason: str | None
     served_by: str | None = None
+
+    @classmethod
+    def from_head(cls, bucket: str, key: str, head: dict[str, Any], spec: OutputSpec, served_by: str | None) -> Output:
+        """An object already in S3 (its HEAD with the SHA-256 checksum), as a render's output."""
+        sha = base64.b64decode(head["ChecksumSHA256"]).hex() if head.get("ChecksumSHA256") else ""
+        return cls(
+            bucket, key, sha, int(head["ContentLength"]), spec.width, spec.height, spec.format, True, None, served_by
+        )
 
 
 def _insert_output(cur: Any, render_key: str, campaign_id: str, out: Output) -> None:

@@ -3,7 +3,6 @@ and re-drive campaigns that stalled with work left (a new run of the same campai
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -149,9 +148,7 @@ def reopen(conn: Any, campaign_ids: list[str]) -> list[str]:
     return done
 
 
-def _adopt(
-    conn: Any, storage: Storage, cid: str, sku: str, spec: OutputSpec, rk: str, bucket: str, key: str
-) -> bool:
+def _adopt(conn: Any, storage: Storage, cid: str, sku: str, spec: OutputSpec, rk: str, bucket: str, key: str) -> bool:
     """The object exists (a worker wrote it and died before recording): verify and record it with
     the campaign's own spec (what it was rendered to, whatever config/specs.json says today)."""
     head = storage.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
@@ -159,10 +156,7 @@ def _adopt(
     if meta.get("render-key") != rk:
         log.error("s3://%s/%s has render-key %r, expected %s: not adopted", bucket, key, meta.get("render-key"), rk)
         return False
-    sha = base64.b64decode(head["ChecksumSHA256"]).hex() if head.get("ChecksumSHA256") else ""
-    out = ledger.Output(
-        bucket, key, sha, head["ContentLength"], spec.width, spec.height, spec.format, True, None, meta.get("served-by")
-    )
+    out = ledger.Output.from_head(bucket, key, head, spec, meta.get("served-by"))
     return ledger.record_adopted(conn, cid, sku, spec.name, rk, out)
 
 

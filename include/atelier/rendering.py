@@ -38,6 +38,18 @@ class Rendered:
     ms: int = 0
     error: str | None = None  # permanent failure of this render, with the reason
     unavailable: str | None = None  # no provider could take it: back to pending, not failed
+    existing: dict[str, Any] | None = None  # an object an earlier try wrote (its HEAD), used as is
+
+
+def _written_before(ctx: ShardContext, storage: Storage, c: ledger.Claimed) -> Rendered | None:
+    """The object an earlier try of this render wrote under some provider's key of the chain."""
+    bucket, spec = settings().renders_bucket, ctx.specs[c.spec]
+    for provider in ctx.chain:
+        key = ctx.keys(c)(provider.name)
+        head = storage.head(bucket, render_object_key(key, spec.extension))
+        if head is not None and head.get("Metadata", {}).get("render-key") == key:
+            return Rendered(c, served_by=provider.name, existing=head)
+    return None
 
 
 def render_with_chain(
@@ -49,14 +61,16 @@ def render_with_chain(
     wait_s: float = UNAVAILABLE_WAIT_S,
 ) -> tuple[bytes, str]:
     """Tries the primary, then each fallback, each with its own render key as idempotency key. A
-    provider whose circuit is open, whose retries ran out on transient errors, or that failed in a
-    way nobody expected (an unknown error counts as transient) is passed over; when none is
-    available the render waits (without using up its attempts) for a circuit to half-open. Bad
-    inputs and permanent provider errors propagate, and so does Redis being down: that is not the
-    provider's fault, so the render goes back to pending (fail closed) instead of to a fallback."""
+    remote provider whose circuit is open, whose retries ran out on transient errors, or that
+    failed in a way nobody expected (an unknown error counts as transient) is passed over. Only
+    when every provider's circuit is open does the render wait (without using up its attempts) for
+    one to half-open; otherwise "no provider available" is raised at once, for the task's retry.
+    Bad inputs, permanent provider errors and an in-process renderer's unexpected error (a bug, or
+    an input it cannot handle) fail the render; Redis being down is not the provider's fault, so
+    it propagates and the render goes back to pending instead of to a fallback."""
     deadline = time.monotonic() + wait_s
     while True:
-        reasons = []
+        reasons, all_open = [], True
         for provider in chain:
             try:
                 return provider.render(source, spec, brand, key_for(provider.name)), provider.name
@@ -64,12 +78,16 @@ def render_with_chain(
                 raise
             except BreakerOpen as exc:
                 reasons.append(str(exc))
+                continue
             except TransientError as exc:
                 reasons.append(f"{provider.name}: {exc}")
-            except Exception as exc:  # an unknown provider error: try the next, never abort the shard
+            except Exception as exc:
+                if provider.capabilities.mode == "sync":
+                    raise PermanentError(f"{provider.name}: unexpected {type(exc).__name__}: {exc}") from exc
                 log.warning("provider %s failed unexpectedly: %s: %s", provider.name, type(exc).__name__, exc)
                 reasons.append(f"{provider.name}: unexpected {type(exc).__name__}")
-        if time.monotonic() > deadline:
+            all_open = False
+        if not all_open or time.monotonic() > deadline:
             raise TransientError("no provider available: " + "; ".join(reasons))
         time.sleep(1.0)
 
@@ -81,16 +99,22 @@ def read_input(storage: Storage, c: ledger.Claimed) -> bytes | Rendered:
         return storage.read_fingerprinted(c.image_uri, c.fingerprint)
     except (FileNotFoundError, StorageError) as exc:
         return Rendered(c, error=f"input {c.image_uri}: {exc}")
-    except Exception as exc:  # the store is down, not the input bad: pending again, the task retries
+    except Exception as exc:  # the store or host is down, not the input bad: pending again, retried later
         return Rendered(c, unavailable=f"input {c.image_uri}: {type(exc).__name__}: {exc}")
 
 
 def _render_sku(ctx: ShardContext, storage: Storage, items: list[ledger.Claimed]) -> list[Rendered]:
-    """One SKU, all its claimed specs; runs in a worker thread, so it does no ledger I/O."""
+    """One SKU, all its claimed specs; runs in a worker thread, so it does no ledger I/O. A render
+    claimed again (its earlier try died between writing S3 and recording) takes the object that try
+    wrote instead of rendering and paying again."""
+    done = {c: found for c in items if c.attempts > 1 and (found := _written_before(ctx, storage, c))}
+    items = [c for c in items if c not in done]
+    if not items:
+        return list(done.values())
     source = read_input(storage, items[0])
     if isinstance(source, Rendered):
-        return [replace(source, claimed=c) for c in items]
-    out = []
+        return [*done.values(), *(replace(source, claimed=c) for c in items)]
+    out = list(done.values())
     for c in items:
         started = time.perf_counter()
         try:
@@ -130,7 +154,9 @@ class ShardContext:
         """The render key of ``c`` as made by each provider of the chain (the primary's is planned)."""
 
         def key_for(provider: str) -> str:
-            if provider == self.chain[0].name:
+            # From what runs now, not what was planned: a style change or a deploy between plan and
+            # render files the output under what actually made it.
+            if not c.fingerprint:
                 return c.render_key
             return catalog.render_key(c.fingerprint, self.specs[c.spec], self.producers[provider])
 
@@ -166,6 +192,18 @@ def record(
             tally["unavailable"] += 1
             log.warning("render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable)
             continue
+        served_by = r.served_by or primary
+        output_key = ctx.keys(c)(served_by)
+        if r.existing is not None:  # written by an earlier try: record it, write nothing
+            key = render_object_key(output_key, spec.extension)
+            out = ledger.Output.from_head(bucket, key, r.existing, spec, served_by)
+            with res.lock:
+                ok = ledger.record_success(res.conn, campaign_id, c, owner, out, 0, output_key)
+            if _counted(ok, tally, campaign_id, c):
+                tally["already_written"] += 1
+                tally["succeeded"] += 1
+                tally["fallback"] += int(served_by != primary)
+            continue
         failure = r.error or ("no output" if r.data is None else None)
         if failure is None and r.data is not None:
             check = check_output(r.data, spec.width, spec.height, spec.format)
@@ -179,8 +217,6 @@ def record(
             tally["failed"] += 1
             log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, failure)
             continue
-        served_by = r.served_by or primary
-        output_key = ctx.keys(c)(served_by)
         key = render_object_key(output_key, spec.extension)
         put = res.storage.put_once(
             bucket,
@@ -197,7 +233,7 @@ def record(
             },
         )
         out = ledger.Output(
-            bucket, key, put.sha256, len(r.data), spec.width, spec.height, spec.format, True, None, served_by
+            bucket, key, put.sha256, put.size, spec.width, spec.height, spec.format, True, None, served_by
         )
         with res.lock:
             ok = ledger.record_success(res.conn, campaign_id, c, owner, out, r.ms, output_key)
@@ -398,6 +434,10 @@ def complete_batch(
         try:
             if status["status"] == "succeeded":
                 results.append(Rendered(c, primary.result(j["job_id"], status), primary.name))
+            elif status["status"] == "gone":  # the provider lost the job: submit it again next batch
+                with res.lock:
+                    ledger.set_job_ref(res.conn, campaign_id, c, owner, None)
+                results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']} is gone"))
             elif status["status"] == "failed":
                 results.append(Rendered(c, error=f"{primary.name}: job {j['job_id']} failed: {status.get('error')}"))
             else:

@@ -65,7 +65,12 @@ class CoordinationUnavailable(TransientError):
 
 
 class PermanentError(Exception):
-    """Retrying will not help (4xx other than 429, invalid output): fail the render with the reason."""
+    """Retrying will not help (4xx other than 429, invalid output): fail the render with the reason.
+    ``status``: the HTTP status that said so, when it came from an answer."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class BreakerOpen(Exception):

@@ -24,6 +24,10 @@ class StorageError(RuntimeError):
     """An S3 or HTTP read/write failed in a way that retrying will not fix."""
 
 
+class InputUnavailable(RuntimeError):
+    """An input could not be read now for a reason a later try may not have (timeout, 5xx, 429)."""
+
+
 class InputChanged(StorageError):
     """An input's bytes are not the ones fingerprinted when the drop was planned."""
 
@@ -61,8 +65,9 @@ def render_object_key(render_key: str, extension: str) -> str:
 
 @dataclass(frozen=True)
 class PutResult:
-    created: bool  # False: the object already existed with the same bytes (an earlier attempt wrote it)
-    sha256: str
+    created: bool  # False: the object already existed (an earlier attempt wrote it)
+    sha256: str  # of the object as stored
+    size: int
 
 
 def _error_code(exc: Exception) -> str:
@@ -121,14 +126,17 @@ class Storage:
             raise InputChanged(f"{uri} changed since the drop was planned (size {size} → {len(data)})")
         return data
 
-    def exists(self, bucket: str, key: str) -> bool:
+    def head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The object's HEAD (with its SHA-256 checksum), or None when there is no such object."""
         try:
-            self.client.head_object(Bucket=bucket, Key=key)
-            return True
+            return dict(self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
         except Exception as exc:
             if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self.head(bucket, key) is not None
 
     def list_keys(self, bucket: str, prefix: str) -> set[str]:
         """Every key under ``prefix``: 1,000 per request, far cheaper than a HEAD per object."""
@@ -173,8 +181,10 @@ class Storage:
 
     # -- writing ------------------------------------------------------------------------------
     def put_once(self, bucket: str, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> PutResult:
-        """Writes ``key`` only if absent. If it exists with the same bytes, that is success
-        (an earlier attempt wrote it); with other bytes, it is an error, never an overwrite."""
+        """Writes ``key`` only if absent, never overwriting. If it exists with the same bytes, or
+        as the same render (same ``render-key`` metadata: a provider that is not byte-for-byte
+        deterministic rendered it before a crash), the first write stands and is the result.
+        Anything else under the key is an error."""
         digest = hashlib.sha256(data).digest()
         sha_b64 = base64.b64encode(digest).decode()
         try:
@@ -188,15 +198,18 @@ class Storage:
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=sha_b64,
             )
-            return PutResult(True, digest.hex())
+            return PutResult(True, digest.hex(), len(data))
         except Exception as exc:
             if _error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise
         head = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         existing = head.get("ChecksumSHA256") or head.get("Metadata", {}).get("sha256-b64")
-        if existing != sha_b64:
+        if existing == sha_b64:
+            return PutResult(False, digest.hex(), len(data))
+        same_render = "render-key" in metadata and head.get("Metadata", {}).get("render-key") == metadata["render-key"]
+        if not (same_render and existing):
             raise StorageError(f"s3://{bucket}/{key} exists with different bytes; refusing to overwrite")
-        return PutResult(False, digest.hex())
+        return PutResult(False, base64.b64decode(existing).hex(), int(head["ContentLength"]))
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
         """Reports are replaced as a whole (one PUT is atomic in S3)."""
@@ -221,20 +234,6 @@ class Storage:
             list(pool.map(one, files))
 
 
-def _check_public_host(host: str) -> None:
-    """Refuses hosts that resolve to loopback, private, link-local, reserved or multicast
-    addresses, or to IPv6 wrappers of those (NAT64, 6to4, IPv4-mapped). A pre-check only:
-    ``fetch_https`` vets the address it actually connects to (see ``atelier.netguard``)."""
-    from atelier import netguard
-
-    try:
-        netguard.GuardedBackend(netguard.STRICT).addresses(host, 443)
-    except netguard.Refused as exc:
-        raise StorageError(f"image {exc}") from None
-    except Exception as exc:  # resolution failed
-        raise StorageError(f"cannot resolve image host {host}: {exc}") from None
-
-
 def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Downloads an https image (its host allowed by the manifest check) through the guarded
     client: no redirects, no credentials, connected only to a vetted public address, within a
@@ -247,6 +246,8 @@ def fetch_https(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     except netguard.Refused as exc:
         raise StorageError(f"{netguard.redact(uri)} refused: {exc}") from None
     except netguard.FetchError as exc:
+        if exc.transient:
+            raise InputUnavailable(str(exc)) from None
         raise StorageError(str(exc)) from None
 
 
@@ -254,5 +255,6 @@ def _https_fingerprint(uri: str) -> str:
     try:
         return "sha256:" + hashlib.sha256(fetch_https(uri)).hexdigest()
     except Exception as exc:  # any failure is this input's problem, recorded on its renders
-        reason = str(exc) if isinstance(exc, StorageError) else f"download failed ({type(exc).__name__})"
+        known = isinstance(exc, StorageError | InputUnavailable)
+        reason = str(exc) if known else f"download failed ({type(exc).__name__})"
         return f"error:{reason[:500]}"

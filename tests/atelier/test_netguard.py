@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from atelier import netguard, storage
-from atelier.storage import StorageError
+from atelier.storage import InputUnavailable, StorageError
 from tests.fakes.raw_http import Seen, answer, raw_server, trickle
 
 LOCAL = netguard.Policy.from_config(allow_http=True, allow_networks=["127.0.0.0/8"])
@@ -91,7 +91,7 @@ def test_image_hosts_resolving_to_wrapped_private_addresses_are_refused(monkeypa
     getaddrinfo, _ = fake_getaddrinfo([wrapped])
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     with pytest.raises(StorageError, match="wrapper of"):
-        storage._check_public_host("images.example")
+        storage.fetch_https("https://images.example/a.png", 1024)
 
 
 def test_dns_rebinding_cannot_reach_loopback(monkeypatch: pytest.MonkeyPatch):
@@ -100,7 +100,7 @@ def test_dns_rebinding_cannot_reach_loopback(monkeypatch: pytest.MonkeyPatch):
     with raw_server(lambda seen, sock: answer(sock, 200, b"internal")) as (listener, port):
         getaddrinfo, asked = fake_getaddrinfo([PUBLIC, "127.0.0.1"])
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-        with pytest.raises(StorageError):
+        with pytest.raises(InputUnavailable):  # the vetted public address does not serve this port
             storage.fetch_https(f"https://rebind.example:{port}/a.png", 1024)
     assert listener.connections == 0
     assert asked == ["rebind.example"]  # resolved once

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from atelier import ledger
+from atelier import catalog, ledger, providers
 from atelier.campaign import DropRequest
-from atelier.rendering import complete_batch, new_tally, render_shard, submit_batch
-from atelier.resilience import TransientError
+from atelier.providers.base import Capabilities
+from atelier.rendering import complete_batch, new_tally, render_shard, render_with_chain, submit_batch
+from atelier.resilience import PermanentError, TransientError
 from atelier.resources import Resources
 from atelier.samples import make_catalog
 from atelier.settings import settings
@@ -171,3 +172,94 @@ def test_with_redis_down_renders_wait_instead_of_falling_back(
         with pytest.raises(TransientError, match="pending again"):
             render_shard(res, cid, shards[0]["shard"], f"nr-{uid}/0")
     assert ledger.state_counts(res.conn, cid)["pending"] == 2  # nothing rendered by studio, nothing lost
+
+
+class Exploding:
+    """A provider with a bug: every call raises something nobody planned for."""
+
+    def __init__(self, name: str, mode: str):
+        self.name, self.model_version, self.calls = name, "x/1", 0
+        self.capabilities = Capabilities(1, 0, False, mode)
+
+    def render(self, source: bytes, spec: Any, brand: Any, key: str) -> bytes:
+        self.calls += 1
+        raise ZeroDivisionError("bug")
+
+
+def test_an_unexpected_error_fails_fast_instead_of_looping():
+    """An in-process renderer's unexpected error fails the render at once (with the reason); a
+    remote one's is transient, and with no circuit open the chain gives up at once, once each."""
+    spec, brand = catalog.all_specs()["thumb_320"], catalog.brand("atelier-test")
+    local = Exploding("local", "sync")
+    with pytest.raises(PermanentError, match="local: unexpected ZeroDivisionError"):
+        render_with_chain([local], b"img", spec, brand, lambda name: "k")
+    remote = Exploding("remote", "async")
+    with pytest.raises(TransientError, match="no provider available"):
+        render_with_chain([remote], b"img", spec, brand, lambda name: "k")
+    assert (local.calls, remote.calls) == (1, 1)  # not re-called for up to UNAVAILABLE_WAIT_S
+
+
+def test_the_output_is_keyed_by_the_model_that_ran_not_the_one_planned(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None]
+):
+    """A deploy between plan and render (the service now runs another model version): the outputs
+    are filed under the version that made them, so nobody later takes them for the planned one."""
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    with refservice() as url:
+        provider_cfg("refservice", url=url, service=f"deploy-{uid}", fallbacks=[])
+        req = DropRequest.from_params(params(manifest, provider="refservice", drop_id=f"dep-{uid}"))
+        cid, shards = planned(res, req, f"dep-{uid}")
+        provider_cfg("refservice", url=url, service=f"deploy-{uid}", fallbacks=[], model_version="refservice/next")
+        render_shard(res, cid, shards[0]["shard"], f"dep-{uid}/0")
+    for r in ledger.results(res.conn, cid):
+        assert r["state"] == "succeeded" and r["render_key"] not in r["output_key"]
+        head = res.storage.client.head_object(Bucket=r["output_bucket"], Key=r["output_key"])
+        assert head["Metadata"]["model-version"] == "refservice/next"
+
+
+class CountingReads(Storage):
+    reads = 0
+
+    def read_fingerprinted(self, uri: str, fingerprint: str, max_bytes: int = 1 << 30) -> bytes:
+        self.reads += 1
+        return super().read_fingerprinted(uri, fingerprint)
+
+
+def test_a_reclaimed_render_takes_the_object_its_dead_try_wrote(res: Resources, tmp_path: Path, uid: str):
+    """A try wrote both outputs to S3 and died before recording them: the next try records those
+    objects instead of rendering (and paying) again, and writes nothing."""
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    cid, shards = planned(res, DropRequest.from_params(params(manifest, drop_id=f"re-{uid}")), uid)
+    first = render_shard(res, cid, shards[0]["shard"], f"re-{uid}/a")
+    assert first["written"] == 2
+    with res.conn.cursor() as cur:  # forget the outcomes, as if the try had died before recording
+        cur.execute(
+            """UPDATE renders SET state = 'running', lease_owner = 'dead', lease_expires_at = now() - interval '1 s',
+                 output_render_key = NULL WHERE campaign_id = %s""",
+            (cid,),
+        )
+        cur.execute("DELETE FROM outputs WHERE campaign_id = %s", (cid,))
+    res.conn.commit()
+    counting = CountingReads(res.storage.client)
+    again = render_shard(Resources(res.conn, counting), cid, shards[0]["shard"], f"re-{uid}/b")
+    assert (again["succeeded"], again["already_written"], again["written"], counting.reads) == (2, 2, 0, 0)
+    assert all(r["output_key"] for r in ledger.results(res.conn, cid))
+
+
+def test_a_job_the_provider_lost_is_submitted_again(
+    res: Resources, tmp_path: Path, uid: str, provider_cfg: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+):
+    """The provider restarted and no longer knows a stored job (404): the trigger reports it gone,
+    its id is dropped, and the next batch creates a new job instead of polling the dead one."""
+    monkeypatch.setenv("ATELIER_PREDICTIONS_TOKEN", "test-token")
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    with server(["-m", "tests.fakes.predictions_server"]) as url:
+        provider_cfg("predictions", url=url, service=f"gone-{uid}", outputs_allow_http=True)
+        req = DropRequest.from_params(params(manifest, provider="predictions", output_specs=["thumb_320"]))
+        cid, shards = planned(res, req, f"gone-{uid}")
+        owner, tally = f"gone-{uid}/0", new_tally()
+        [job] = submit_batch(res, cid, shards[0]["shard"], owner, tally)
+        assert providers.get_provider("predictions").poll_status("no-such-job")["status"] == "gone"
+        complete_batch(res, cid, owner, [job], {job["job_id"]: {"status": "gone", "error": "404"}}, tally)
+        [again] = submit_batch(res, cid, shards[0]["shard"], owner, tally)
+    assert again["job_id"] != job["job_id"]

@@ -27,6 +27,17 @@ def test_put_once_never_overwrites_different_bytes(storage: Storage, bucket: str
     assert storage.client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"one"
 
 
+def test_a_second_rendering_of_the_same_render_keeps_the_first(storage: Storage, bucket: str):
+    """A provider that is not byte-for-byte deterministic rendered the same render twice (a crash
+    between the write and the record): the first object stands and is the result, no error."""
+    storage.put_once(bucket, "r", b"first", "image/png", {"render-key": "rk"})
+    again = storage.put_once(bucket, "r", b"second", "image/png", {"render-key": "rk"})
+    assert not again.created and (again.sha256, again.size) == (hashlib.sha256(b"first").hexdigest(), 5)
+    with pytest.raises(StorageError, match="different bytes"):  # another render under the key: refused
+        storage.put_once(bucket, "r", b"other", "image/png", {"render-key": "not-rk"})
+    assert storage.client.get_object(Bucket=bucket, Key="r")["Body"].read() == b"first"
+
+
 def test_fingerprints_follow_content(storage: Storage, bucket: str):
     storage.client.put_object(Bucket=bucket, Key="drop/a.jpg", Body=b"same")
     storage.client.put_object(Bucket=bucket, Key="drop/b.jpg", Body=b"same")

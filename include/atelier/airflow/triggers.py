@@ -58,7 +58,7 @@ class ProviderJobsTrigger(BaseTrigger):
             results = await asyncio.gather(*(asyncio.to_thread(provider.poll_status, j) for j in pending))
             still = []
             for job_id, status in zip(pending, results, strict=True):
-                if status is not None and status["status"] in ("succeeded", "failed"):
+                if status is not None and status["status"] in ("succeeded", "failed", "gone"):
                     statuses[job_id] = status
                 else:
                     still.append(job_id)

@@ -145,11 +145,14 @@ class HttpProvider:
 
     def poll_status(self, job_id: str) -> dict[str, Any] | None:
         """One status request, no retries, under the same breaker, rate limit, deadline and size
-        caps as ``render``: the parsed status, or None when it should be asked again later (the
+        caps as ``render``: the parsed status; ``{"status": "gone"}`` when the provider no longer
+        knows the job (404/410: e.g. it restarted); None when it should be asked again later (the
         provider is unavailable, or answered something transient or unparseable)."""
         try:
             return self.parse_status(self._once("GET", self._url(self.status_path(job_id)), "json"))
-        except (TransientError, BreakerOpen, PermanentError, KeyError, TypeError, ValueError):
+        except PermanentError as exc:
+            return {"status": "gone", "error": str(exc)} if exc.status in (404, 410) else None
+        except (TransientError, BreakerOpen, KeyError, TypeError, ValueError):
             return None
 
     def slot(self) -> AbstractContextManager[None]:
@@ -193,7 +196,7 @@ class HttpProvider:
                 raise TransientError(f"{shown} answered {status} {netguard.phrase(status)}", retry_after(resp))
             if not 200 <= status < 300:  # 4xx, or a redirect (never followed)
                 healthy = True
-                raise PermanentError(f"{shown} answered {status} {netguard.phrase(status)}")
+                raise PermanentError(f"{shown} answered {status} {netguard.phrase(status)}", status)
             if expect == "bytes":
                 healthy = True
                 return resp.content

@@ -8,6 +8,7 @@ Pillow version give the same output bytes.
 from __future__ import annotations
 
 import hashlib
+import threading
 import io
 from collections import OrderedDict
 
@@ -111,18 +112,22 @@ class StudioRenderer:
     capabilities = Capabilities(max_in_flight=3, rps=0, idempotency_keys=False, mode="sync")
 
     def __init__(self) -> None:
-        # The specs of one SKU are rendered one after another: keep its recent cut-outs.
+        # The specs of one SKU are rendered one after another: keep its recent cut-outs. One
+        # instance serves every thread of a task (as a fallback of a remote provider): guard it.
         self._cutouts: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
 
     def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str = "") -> bytes:
         side = work_side(spec)
         cache_key = (hashlib.sha256(source).hexdigest(), side)
-        product = self._cutouts.get(cache_key)
+        with self._lock:
+            product = self._cutouts.get(cache_key)
         if product is None:
             product = cut_out(decode_input(source), side)
-            self._cutouts[cache_key] = product
-            while len(self._cutouts) > 4:
-                self._cutouts.popitem(last=False)
+            with self._lock:
+                self._cutouts[cache_key] = product
+                while len(self._cutouts) > 4:
+                    self._cutouts.popitem(last=False)
         return encode(compose(product, spec, brand), spec.format)
 
     def render_all(self, source: bytes, specs: list[OutputSpec], brand: Brand) -> dict[str, bytes]:
