@@ -34,6 +34,7 @@ class DropRequest:
     shard_size: int
     priority: str
     dry_run: bool
+    campaign_id: str | None = None  # set by a re-drive: finish this campaign with its recorded specs
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> DropRequest:
@@ -69,7 +70,11 @@ class DropRequest:
         priority = typed("priority", str, "normal")
         if priority not in catalog.PRIORITIES:
             raise ConfigError(f"priority: {priority!r} is not one of {list(catalog.PRIORITIES)}")
-        return cls(brand.slug, uri, specs, provider, drop_id, shard_size, priority, typed("dry_run", bool, False))
+        pinned = p.get("campaign_id")
+        if pinned is not None and not isinstance(pinned, str):
+            raise ConfigError(f"campaign_id: expected str, got {type(pinned).__name__} {pinned!r}")
+        dry_run = typed("dry_run", bool, False)
+        return cls(brand.slug, uri, specs, provider, drop_id, shard_size, priority, dry_run, pinned)
 
 
 # -- validate ----------------------------------------------------------------------------------
@@ -84,6 +89,12 @@ def validate_drop(res: Resources, req: DropRequest) -> dict[str, Any]:
         raise ManifestError(report)
     drop_id = req.drop_id or catalog.default_drop_id(report.sha256)
     cid = catalog.campaign_id(req.brand, drop_id, report.sha256, req.specs, req.provider)
+    if req.campaign_id and req.campaign_id != cid:
+        # A re-drive: the specs in config may have changed since; the campaign keeps its own.
+        camp = ledger.campaign(res.conn, req.campaign_id)
+        if (camp.brand, camp.drop_id, camp.manifest_sha256) != (req.brand, drop_id, report.sha256):
+            raise ConfigError(f"campaign_id: {req.campaign_id} is not this brand, drop and manifest")
+        cid = camp.campaign_id
     log.info("manifest %s valid: %d rows, sha256 %s → campaign %s", req.manifest_uri, report.rows, report.sha256, cid)
     return {"campaign_id": cid, "drop_id": drop_id, "manifest_sha256": report.sha256, "rows": report.rows}
 

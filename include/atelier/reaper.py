@@ -254,6 +254,7 @@ def redrive_or_give_up(
                 "priority": priority,
                 "shard_size": 0,
                 "dry_run": False,
+                "campaign_id": cid,  # a re-drive finishes this campaign, whatever config says today
             },
         }
         for cid, brand, drop, uri, specs, provider, priority, run_id in rows

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from atelier import ledger
-from atelier.campaign import DropRequest, validate_drop
+from atelier import catalog, ledger
+from atelier.campaign import DropRequest, register, validate_drop
 from atelier.catalog import ConfigError
 from atelier.manifest import ManifestError
 from atelier.resources import Resources
 from atelier.samples import make_catalog
 from atelier.settings import settings
-from tests.drops import params, run_drop, upload
+from tests.drops import params, run_drop, sample_drop, upload
 
 
 def test_a_drop_end_to_end_with_one_corrupt_packshot(res: Resources, tmp_path: Path, uid: str):
@@ -101,3 +101,23 @@ def test_invalid_manifest_writes_nothing(res: Resources, uid: str):
 def test_trigger_conf_with_wrong_types_is_refused(override: dict[str, Any], message: str):
     with pytest.raises(ConfigError, match=message):
         DropRequest.from_params({**params("s3://atelier-inbox/atelier-test/m.csv"), **override})
+
+
+def test_a_redrive_finishes_its_campaign_even_after_the_specs_changed(
+    res: Resources, tmp_path: Path, uid: str, monkeypatch: pytest.MonkeyPatch
+):
+    """specs.json changed a size after the campaign started: its re-drive (pinned by campaign id)
+    is the same campaign with its recorded specs, not a new campaign that leaves the old hanging."""
+    manifest = sample_drop(res, tmp_path, uid, 1)
+    conf = params(manifest, drop_id=f"pin-{uid}", output_specs=["thumb_320"])
+    req = DropRequest.from_params(conf)
+    cid = register(res, req, validate_drop(res, req), f"pin-{uid}")["campaign_id"]
+    today = {**catalog.all_specs(), "thumb_320": catalog.OutputSpec("thumb_320", 300, 300, "JPEG")}
+    monkeypatch.setattr(catalog, "all_specs", lambda: today)
+    assert validate_drop(res, DropRequest.from_params(conf))["campaign_id"] != cid  # unpinned: a new campaign
+    redrive = DropRequest.from_params({**conf, "campaign_id": cid})
+    assert validate_drop(res, redrive)["campaign_id"] == cid
+    assert ledger.campaign(res.conn, cid).spec("thumb_320").width == 320
+    other = DropRequest.from_params({**conf, "drop_id": f"other-{uid}", "campaign_id": cid})
+    with pytest.raises(ConfigError, match="not this brand, drop and manifest"):
+        validate_drop(res, other)
