@@ -45,7 +45,9 @@ def server(args: list[str], health_path: str = "/healthz") -> Iterator[str]:
 
 
 @contextmanager
-def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32, seed: int = 1) -> Iterator[str]:
+def refservice(
+    faults: str = "{}", rps: float = 200, max_in_flight: int = 32, seed: int = 1, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
     """A reference service with a fixed fault seed, so a test sees the same fault sequence each run.
     Its admin token is the environment's (the stack's), or one made for this test process; callers
     send ``atelier.refservice.admin_headers()``."""
@@ -56,7 +58,7 @@ def refservice(faults: str = "{}", rps: float = 200, max_in_flight: int = 32, se
 
     os.environ.setdefault(ADMIN_TOKEN_ENV, admin_token() or secrets.token_hex(16))
     args = ["-m", "atelier.cli", "refservice", "serve", "--faults", faults, "--rps", str(rps)]
-    args += ["--max-in-flight", str(max_in_flight), "--seed", str(seed)]
+    args += ["--max-in-flight", str(max_in_flight), "--seed", str(seed), *extra]
     with server(args) as url:
         yield url
 

@@ -56,5 +56,7 @@ def test_a_deferred_drop_renders_everything_once(tmp_path: Path):
     ]
     assert sum(t["succeeded"] for t in tallies) == 24
     assert all(t["deferrals"] >= 1 for t in tallies)  # each shard handed its jobs to the triggerer
-    stats = httpx.get(providers.config("refservice")["url"] + "/admin/stats", headers=admin_headers(), timeout=10).json()
+    stats = httpx.get(
+        providers.config("refservice")["url"] + "/admin/stats", headers=admin_headers(), timeout=10
+    ).json()
     assert stats["keys_executed_more_than_once"] == []

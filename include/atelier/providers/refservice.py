@@ -7,6 +7,9 @@ from typing import Any
 
 from atelier.catalog import Brand, OutputSpec
 from atelier.providers.http import HttpProvider, field, job_error
+from atelier.resilience import PermanentError
+
+REKEYS = 3  # how many times a render whose finished job the service dropped may be asked again
 
 
 class RefServiceProvider(HttpProvider):
@@ -21,8 +24,18 @@ class RefServiceProvider(HttpProvider):
                 "shadow_strength": brand.shadow_strength,
             },
         }
-        created = self.request_json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
-        return str(field(created, "id", self.name))
+        # The service answers 410 for a key whose job finished so long ago that it dropped the
+        # result (our copy was lost since, e.g. S3 lost the object): ask again under a key derived
+        # deterministically from ours, so retries of this render still share one job.
+        for attempt in range(REKEYS + 1):
+            try:
+                created = self.request_json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
+                return str(field(created, "id", self.name))
+            except PermanentError as exc:
+                if exc.status != 410 or attempt == REKEYS:
+                    raise
+                key = f"{key}.again"
+        raise AssertionError("unreachable")
 
     def status_path(self, job_id: str) -> str:
         return f"/v1/jobs/{job_id}"

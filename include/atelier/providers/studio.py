@@ -8,8 +8,8 @@ Pillow version give the same output bytes.
 from __future__ import annotations
 
 import hashlib
-import threading
 import io
+import threading
 from collections import OrderedDict
 
 import numpy as np

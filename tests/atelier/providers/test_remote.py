@@ -184,3 +184,18 @@ def test_hostile_output_urls_are_refused_and_never_get_the_token(
         with pytest.raises(PermanentError, match=reason):
             PredictionsProvider(f"hostile-{uid}", cfg).render(SOURCE, SPEC, BRAND, "k")
     assert capture.connections == 0 and capture.requests == []
+
+
+def test_a_key_whose_result_the_service_dropped_is_rendered_again(uid: str):
+    """The service keeps a finished job's result for --result-ttl and its key longer, answering 410
+    for it meanwhile. A render asked again after that (its output was lost since) is rendered again
+    under a derived key, instead of failing for good."""
+    with refservice(extra=("--result-ttl", "0.5", "--key-ttl", "3600")) as url:
+        provider = ref_provider(url, f"gone-{uid}")
+        first = provider.render(SOURCE, SPEC, BRAND, f"k-{uid}")
+        time.sleep(0.6)  # past the result's TTL; the next job to finish evicts it
+        provider.render(SOURCE, SPEC, BRAND, f"filler-{uid}")
+        assert httpx.post(f"{url}/v1/jobs", json={}, headers={"Idempotency-Key": f"k-{uid}"}).status_code == 410
+        assert provider.render(SOURCE, SPEC, BRAND, f"k-{uid}") == first
+        stats = httpx.get(f"{url}/admin/stats", headers=admin_headers()).json()
+    assert stats["executions"] == 3  # k, the filler, and k again under its derived key
