@@ -371,6 +371,10 @@ def submit_batch(
                 raise PermanentError(f"gave up after {c.attempts - 1} attempts without an outcome")
             if not token:
                 raise TransientError("no in-flight slot")
+            if c.attempts > 1 and (found := _written_before(ctx, res.storage, c)) is not None:
+                done.append(found)  # an earlier try wrote it and died before recording: take it
+                primary.in_flight.release(token)
+                continue
             ref_service, _, ref_job = (c.job_ref or "").partition(":")
             if ref_job and ref_service == service:
                 jobs.append({**job, "job_id": ref_job})  # still running at the provider: poll it again
