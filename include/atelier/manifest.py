@@ -201,17 +201,24 @@ def _s3_problem(parts: SplitResult, rules: InputSource) -> str | None:
     return f"is outside the brand's inbox ({', '.join(rules.inbox) if rules.inbox else 'none configured'})"
 
 
-def check_manifest_uri(uri: str, rules: InputSource) -> str | None:
-    """Why a manifest URI is refused, or None: it must be an s3:// object inside the brand's inbox
-    (the same rule as the image URIs it lists)."""
+def _parse_uri(uri: object) -> SplitResult | str:
+    """The URI's parts, or why it cannot be one (control characters, invalid Unicode, length)."""
     if not isinstance(uri, str) or URI_CONTROL.search(uri) or SURROGATE.search(uri):
-        return "is not a plain s3:// URI (control characters)"
+        return "contains control characters or invalid Unicode"
     if len(uri) > MAX_URI:
         return f"is {len(uri)} characters long (max {MAX_URI})"
     try:
-        parts = urlsplit(uri)
+        return urlsplit(uri)
     except ValueError as exc:
         return f"not a URI ({exc})"
+
+
+def check_manifest_uri(uri: str, rules: InputSource) -> str | None:
+    """Why a manifest URI is refused, or None: it must be an s3:// object inside the brand's inbox
+    (the same rule as the image URIs it lists)."""
+    parts = _parse_uri(uri)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme.lower() != "s3":
         return "a manifest must be an s3:// object in the brand's inbox"
     return _s3_problem(parts, rules)
@@ -222,14 +229,9 @@ def check_image_uri(uri: str, rules: InputSource | tuple[str, ...]) -> str | Non
     output bucket; https:// only to the brand's hosts; never file:, loopback, private or
     link-local addresses (e.g. 169.254.169.254)."""
     rules = _rules(rules)
-    if URI_CONTROL.search(uri) or SURROGATE.search(uri):
-        return "contains control characters or invalid Unicode"
-    if len(uri) > MAX_URI:
-        return f"is {len(uri)} characters long (max {MAX_URI})"
-    try:
-        parts = urlsplit(uri)
-    except ValueError as exc:
-        return f"not a URI ({exc})"
+    parts = _parse_uri(uri)
+    if isinstance(parts, str):
+        return parts
     scheme = parts.scheme.lower()
     if scheme == "s3":
         return _s3_problem(parts, rules)
