@@ -316,25 +316,35 @@ class Claimed:
     job_ref: str | None = None  # a provider job still running for this render ("<service>:<job id>")
 
 
+# A lease owner is "<task instance>#<try>" (or any string without '#'). A try takes over at once the
+# leases of the same or an earlier try of its task instance: a retry need not wait for the lease of
+# the try it replaces to expire, and a zombie earlier try, if still alive, records nothing more.
+_OWNED_BY_ME_OR_EARLIER = """split_part(lease_owner, '#', 1) = split_part(%(owner)s, '#', 1)
+  AND COALESCE(NULLIF(split_part(lease_owner, '#', 2), ''), '0')::int
+      <= COALESCE(NULLIF(split_part(%(owner)s, '#', 2), ''), '0')::int"""
+
+
 def claim(
     conn: Any, campaign_id: str, shard: int, owner: str, lease_seconds: int = LEASE_SECONDS, limit: int | None = None
 ) -> list[Claimed]:
-    """Takes the shard's renders that are pending, already ours, or whose lease expired. Row locks
-    with SKIP LOCKED mean two claimers never get the same render."""
+    """Takes the shard's renders that are pending, held by this or an earlier try of the same task
+    instance, or whose lease expired. Row locks with SKIP LOCKED mean two claimers never get the
+    same render."""
     with conn.cursor() as cur:
         cur.execute(
-            """WITH todo AS (
+            f"""WITH todo AS (
                  SELECT campaign_id, sku, spec FROM renders
-                 WHERE campaign_id = %s AND shard = %s AND (state = 'pending' OR (state = 'running'
-                   AND (lease_owner = %s OR lease_expires_at < now())))
-                 ORDER BY sku, spec LIMIT %s FOR UPDATE SKIP LOCKED)
-               UPDATE renders r SET state = 'running', lease_owner = %s,
-                 lease_expires_at = now() + make_interval(secs => %s), attempts = r.attempts + 1, updated_at = now()
+                 WHERE campaign_id = %(cid)s AND shard = %(shard)s AND (state = 'pending' OR (state = 'running'
+                   AND (({_OWNED_BY_ME_OR_EARLIER}) OR lease_expires_at < now())))
+                 ORDER BY sku, spec LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+               UPDATE renders r SET state = 'running', lease_owner = %(owner)s,
+                 lease_expires_at = now() + make_interval(secs => %(lease)s), attempts = r.attempts + 1,
+                 updated_at = now()
                FROM todo, skus s
                WHERE r.campaign_id = todo.campaign_id AND r.sku = todo.sku AND r.spec = todo.spec
                  AND s.campaign_id = r.campaign_id AND s.sku = r.sku
                RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts, s.fingerprint, r.job_ref""",
-            (campaign_id, shard, owner, limit, owner, lease_seconds),
+            {"cid": campaign_id, "shard": shard, "owner": owner, "limit": limit, "lease": lease_seconds},
         )
         claimed = sorted((Claimed(*r) for r in cur.fetchall()), key=lambda c: (c.sku, c.spec))
     conn.commit()
@@ -348,6 +358,21 @@ def extend_lease(conn: Any, campaign_id: str, owner: str, lease_seconds: int = L
             """UPDATE renders SET lease_expires_at = now() + make_interval(secs => %s)
                WHERE campaign_id = %s AND lease_owner = %s AND state = 'running'""",
             (lease_seconds, campaign_id, owner),
+        )
+        n = cur.rowcount
+    conn.commit()
+    return n
+
+
+def take_over(conn: Any, campaign_id: str, owner: str) -> int:
+    """Moves to ``owner`` the running renders an earlier try of its task instance holds (a deferred
+    task resumed as a new try records its batch under its own name)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""UPDATE renders SET lease_owner = %(owner)s, updated_at = now()
+               WHERE campaign_id = %(cid)s AND state = 'running' AND lease_owner <> %(owner)s
+                 AND {_OWNED_BY_ME_OR_EARLIER}""",
+            {"cid": campaign_id, "owner": owner},
         )
         n = cur.rowcount
     conn.commit()

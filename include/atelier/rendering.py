@@ -428,6 +428,8 @@ def complete_batch(
     sync path does; jobs the trigger saw unfinished go back to pending with their job id kept, so
     the next batch polls the same job (never a second one)."""
     ctx = shard_context(res, campaign_id)
+    with res.lock:
+        ledger.take_over(res.conn, campaign_id, owner)  # resumed as a new try: the batch is ours now
     primary: Any = ctx.chain[0]
     results = []
     for j in jobs:

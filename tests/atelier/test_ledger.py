@@ -153,3 +153,32 @@ def test_an_unreadable_input_fails_its_own_renders_not_the_plan(conn: Any, stora
     assert ledger.state_counts(conn, cid) == {"pending": 2, "running": 0, "succeeded": 0, "failed": 4, "skipped": 0}
     errors = {r["sku"]: r["error"] for r in ledger.results(conn, cid) if r["state"] == "failed"}
     assert "answered 404" in errors[items[1].sku] and "does not exist" in errors[items[2].sku]
+
+
+def test_a_retry_takes_over_at_once_and_a_zombie_try_records_nothing(conn: Any, storage: Storage, uid: str):
+    """Try 1 still holds live leases when try 2 of the same task instance starts: try 2 takes them
+    at once; try 1 (a zombie) can no longer record, and cannot take them back; another task
+    instance cannot take live leases at all."""
+    items = rows(1, uid)
+    cid = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}-{r.sku}" for r in items}, size=10)
+    ti = f"run-{uid}/render_studio/0"
+    first = ledger.claim(conn, cid, 0, f"{ti}#1")
+    assert len(first) == 2
+    assert ledger.claim(conn, cid, 0, f"run-{uid}/render_studio/1#1") == []  # other task instance: live leases
+    second = ledger.claim(conn, cid, 0, f"{ti}#2")
+    assert {(c.sku, c.spec) for c in second} == {(c.sku, c.spec) for c in first}
+    out = ledger.Output("b1", f"z-{uid}", "sha", 1, 1, 1, "PNG", True, None, "studio")
+    assert not ledger.record_success(conn, cid, first[0], f"{ti}#1", out, 5)
+    assert ledger.claim(conn, cid, 0, f"{ti}#1") == []  # the zombie cannot take them back
+    assert ledger.record_success(conn, cid, second[0], f"{ti}#2", out, 5)
+
+
+def test_a_resumed_try_takes_over_its_earlier_tries_batch(conn: Any, storage: Storage, uid: str):
+    items = rows(1, uid)
+    cid = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}-{r.sku}" for r in items}, size=10)
+    ti = f"run-{uid}/render_refservice_deferred/0"
+    batch = ledger.claim(conn, cid, 0, f"{ti}#1")
+    assert ledger.take_over(conn, cid, f"{ti}#2") == 2
+    assert ledger.take_over(conn, cid, f"run-{uid}/other/0#9") == 0
+    out = ledger.Output("b1", f"t-{uid}", "sha", 1, 1, 1, "PNG", True, None, "studio")
+    assert ledger.record_success(conn, cid, batch[0], f"{ti}#2", out, 5)

@@ -18,9 +18,10 @@ from atelier.airflow.resources import from_connections
 
 
 def lease_owner(context: Any) -> str:
-    """Stable across retries of the same task instance, so a retry takes over its own claims."""
+    """``<task instance>#<try>``: a retry takes over at once what earlier tries of the same task
+    instance hold, and an earlier try still alive (a zombie) can no longer record anything."""
     ti = context["ti"]
-    return f"{context['run_id']}/{ti.task_id}/{ti.map_index}"
+    return f"{context['run_id']}/{ti.task_id}/{ti.map_index}#{ti.try_number}"
 
 
 class RenderShardOperator(BaseOperator):

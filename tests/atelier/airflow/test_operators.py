@@ -33,12 +33,14 @@ def task_resources(res: Resources, monkeypatch: pytest.MonkeyPatch) -> Resources
     return res
 
 
-def context(run_id: str, map_index: int = 0) -> dict[str, Any]:
-    return {"run_id": run_id, "ti": SimpleNamespace(task_id="render_studio", map_index=map_index)}
+def context(run_id: str, map_index: int = 0, try_number: int = 1) -> dict[str, Any]:
+    ti = SimpleNamespace(task_id="render_studio", map_index=map_index, try_number=try_number)
+    return {"run_id": run_id, "ti": ti}
 
 
-def test_the_lease_owner_is_stable_across_retries_of_one_task_instance():
-    assert lease_owner(context("r1", 3)) == lease_owner(context("r1", 3)) == "r1/render_studio/3"
+def test_the_lease_owner_names_the_task_instance_and_its_try():
+    assert lease_owner(context("r1", 3)) == lease_owner(context("r1", 3)) == "r1/render_studio/3#1"
+    assert lease_owner(context("r1", 3, try_number=2)) == "r1/render_studio/3#2"
     assert lease_owner(context("r1", 4)) != lease_owner(context("r1", 3))
 
 
