@@ -4,11 +4,28 @@ Airflow passes context values (``params``, ``run_id``, ``ti``) to the parameters
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from atelier.airflow.resources import from_connections
 
 DROP_DAG = "catalog_drop"
+
+
+@contextmanager
+def bad_input_fails_for_good() -> Iterator[None]:
+    """A manifest or trigger conf that is invalid, or gone, will not fix itself: fail the task
+    without its retries (which would hold one of the DAG's active-run slots for minutes)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from atelier.catalog import ConfigError
+    from atelier.manifest import ManifestError
+
+    try:
+        yield
+    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _request(params: Any) -> Any:
@@ -21,7 +38,7 @@ def validate(params: Any = None) -> dict[str, Any]:
     """Reads the manifest once; fails listing every bad row and field, writing nothing."""
     from atelier.campaign import validate_drop
 
-    with from_connections() as res:
+    with bad_input_fails_for_good(), from_connections() as res:
         return validate_drop(res, _request(params))
 
 
@@ -37,7 +54,7 @@ def plan(campaign_id: str, params: Any = None) -> list[dict[str, Any]]:
     """Plans the campaign; returns its open shards (ids and labels only) for the render tasks."""
     from atelier.campaign import plan as plan_campaign
 
-    with from_connections() as res:
+    with bad_input_fails_for_good(), from_connections() as res:
         return plan_campaign(res, campaign_id, _request(params).shard_size)
 
 
