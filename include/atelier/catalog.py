@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atelier.settings import load_config, settings
 
@@ -46,10 +47,101 @@ class Brand:
     allowed_image_hosts: tuple[str, ...]
     # s3 inputs (images and manifest) only under these "s3://bucket/prefix/" entries: see brand()
     inbox: tuple[str, ...] = ()
+    refresh: Refresh | None = None  # the nightly catalog refresh; None: the brand is not refreshed
+    subscribers: tuple[Subscriber, ...] = ()  # who is told when a campaign of the brand ends
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A brand's nightly catalog refresh: at ``at`` (HH:MM) local time in ``timezone``, the newest
+    snapshot under ``feed`` (an ``s3://bucket/prefix/`` inside the brand's inbox) is diffed against
+    the last one processed."""
+
+    timezone: str
+    at: str
+    feed: str
+
+    @property
+    def hour(self) -> int:
+        return int(self.at[:2])
+
+    @property
+    def minute(self) -> int:
+        return int(self.at[3:])
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """An HTTPS endpoint told about each finished campaign of the brand. The signing secret is the
+    password of the Airflow connection ``conn_id`` (never in this file)."""
+
+    url: str
+    conn_id: str
 
 
 class ConfigError(ValueError):
     """A trigger's configuration (brand, specs, drop id, ...) is not acceptable."""
+
+
+REFRESH_AT = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
+def _refresh(slug: str, merged: dict[str, Any], inbox: list[tuple[str, str]]) -> Refresh | None:
+    """The brand's refresh settings: ``timezone``, ``refresh_at`` and ``catalog_feed`` all set, or none."""
+    from atelier.manifest import parse_inbox
+
+    keys = ("timezone", "refresh_at", "catalog_feed")
+    given = {k: merged.get(k) for k in keys if merged.get(k) is not None}
+    if not given:
+        return None
+    if len(given) != len(keys):
+        missing = [k for k in keys if k not in given]
+        raise ConfigError(f"brands.json: {slug}: a nightly refresh needs {', '.join(keys)}; missing {missing}")
+    tz, at, feed = (given[k] for k in keys)
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ConfigError(f"brands.json: {slug}: timezone {tz!r} is not an IANA time zone") from exc
+    if not isinstance(at, str) or not REFRESH_AT.match(at):
+        raise ConfigError(f"brands.json: {slug}: refresh_at {at!r} must be HH:MM (24 h, local time)")
+    if not isinstance(feed, str):
+        raise ConfigError(f"brands.json: {slug}: catalog_feed {feed!r} must be an s3:// prefix")
+    feed = feed.replace("{brand}", slug).replace("{inbox_bucket}", settings().inbox_bucket)
+    try:
+        bucket, prefix = parse_inbox(feed)
+    except ValueError as exc:
+        raise ConfigError(f"brands.json: {slug}: catalog_feed {feed!r} {exc}") from exc
+    if not any(bucket == b and prefix.startswith(p) for b, p in inbox):
+        raise ConfigError(f"brands.json: {slug}: catalog_feed {feed!r} is outside the brand's inbox")
+    return Refresh(timezone=tz, at=at, feed=f"s3://{bucket}/{prefix}")
+
+
+def _subscribers(slug: str, merged: dict[str, Any]) -> tuple[Subscriber, ...]:
+    entries = merged.get("subscribers", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"brands.json: {slug}: subscribers must be a list, got {entries!r}")
+    subs = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or set(e) != {"url", "conn_id"}:
+            raise ConfigError(f"brands.json: {slug}: subscribers[{i}] must be {{url, conn_id}}, got {e!r}")
+        url, conn_id = e["url"], e["conn_id"]
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")) or len(url) > 2048:
+            raise ConfigError(f"brands.json: {slug}: subscribers[{i}].url {url!r} must be an http(s) URL")
+        if not isinstance(conn_id, str) or not CONN_ID.match(conn_id):
+            raise ConfigError(f"brands.json: {slug}: subscribers[{i}].conn_id {conn_id!r} is not a connection id")
+        subs.append(Subscriber(url=url, conn_id=conn_id))
+    return tuple(subs)
+
+
+def refreshed_brands() -> list[str]:
+    """The brands with a nightly refresh configured (the refresh DAG file makes one DAG each)."""
+    brands: dict[str, Any] = load_config("brands.json")
+    return sorted(
+        slug
+        for slug, cfg in brands.items()
+        if not slug.startswith("_") and any(cfg.get(k) is not None for k in ("timezone", "refresh_at", "catalog_feed"))
+    )
 
 
 def all_specs() -> dict[str, OutputSpec]:
@@ -119,6 +211,8 @@ def brand(slug: str) -> Brand:
         shadow_strength=float(merged["shadow_strength"]),
         allowed_image_hosts=tuple(merged["allowed_image_hosts"]),
         inbox=tuple(f"s3://{bucket}/{prefix}" for bucket, prefix in inbox),
+        refresh=_refresh(slug, merged, inbox),
+        subscribers=_subscribers(slug, merged),
     )
 
 
