@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from atelier import catalog, ledger, metrics, planning, providers
+from atelier import catalog, ledger, metrics, notify, planning, providers
 from atelier.catalog import ConfigError, OutputSpec
 from atelier.manifest import ManifestError, Report, check_manifest_uri, detect_format, iter_rows
 from atelier.providers import PROVIDERS
@@ -217,9 +217,14 @@ def summarize(camp: ledger.Campaign, rows: list[dict[str, Any]], qa: dict[str, A
     }
 
 
-def finalize(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+def finalize(
+    res: Resources, campaign_id: str, qa: dict[str, Any] | None, secrets: notify.SecretLookup | None = None
+) -> dict[str, Any]:
     """Decides complete / partial / failed from exact counts and the QA result, writes the report
-    and contact sheet to S3 and records the outcome in the ledger."""
+    and contact sheet to S3 and records the outcome in the ledger, with the brand's webhook events in
+    the same transaction; then tries to deliver them at once (best effort, bounded: what is not
+    delivered stays in the outbox for the ``atelier_notify`` DAG). ``secrets`` looks up signing
+    secrets (default: ``AIRFLOW_CONN_*`` from the environment)."""
     from atelier.report import contact_sheet
 
     camp = ledger.campaign(res.conn, campaign_id)
@@ -260,7 +265,15 @@ def finalize(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dic
 
     sheet = contact_sheet(camp, summary, rows, read)
     sheet_uri = res.storage.put(bucket, f"{prefix}/contact_sheet.html", sheet.encode(), "text/html; charset=utf-8")
-    ledger.finish_campaign(res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri)
+    subscribers = catalog.brand(camp.brand).subscribers
+    outcome = notify.Outcome(
+        campaign_id, camp.brand, camp.drop_id, summary["state"], summary["counts"], report_uri, sheet_uri, subscribers
+    )
+    ledger.finish_campaign(
+        res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri, outcome=outcome
+    )
     metrics.campaign_finished(summary["state"], summary["counts"])
+    if subscribers:
+        notify.deliver_soon(res.conn, campaign_id, secrets)
     log.info("campaign %s %s: %s; report %s", campaign_id, summary["state"], summary["counts"], report_uri)
     return {**summary, "report_uri": report_uri, "contact_sheet_uri": sheet_uri}

@@ -119,6 +119,7 @@ def status_of(ident: str, as_json: bool) -> int:
         raise UsageError(f"no campaign matches {ident!r}")
     camp = found[0]
     counts = ledger.state_counts(conn, camp.campaign_id)
+    events = _campaign_events(conn, camp.campaign_id)
     conn.close()
     out = {
         k: getattr(camp, k)
@@ -138,6 +139,7 @@ def status_of(ident: str, as_json: bool) -> int:
     }
     out["renders"] = counts
     out["qa_success_ratio"] = (camp.qa or {}).get("success_ratio")
+    out["notifications"] = events
     if as_json:
         print(json.dumps(out, default=str, indent=1))
     else:
@@ -146,11 +148,65 @@ def status_of(ident: str, as_json: bool) -> int:
         print("  renders: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if out["report_uri"]:
             print(f"  report {out['report_uri']}\n  contact sheet {out['contact_sheet_uri']}")
+        for e in events:
+            when = e["delivered_at"] or (f"next attempt {e['next_attempt_at']}" if e["status"] == "pending" else "")
+            print(
+                f"  event #{e['seq']} {e['event_id']} to {e['subscriber_url']}: {e['status']}, {e['attempts']} attempt(s) {when}"
+            )
+            if e["last_error"] and e["status"] != "delivered":
+                print(f"    last error: {e['last_error']}")
     return EXIT_INVALID if camp.state == "failed" else EXIT_OK
 
 
+def _campaign_events(conn: object, campaign_id: str) -> list[dict[str, object]]:
+    from atelier import notify
+
+    try:
+        return notify.campaign_events(conn, campaign_id)
+    except Exception:  # a ledger from before the outbox migration: no events to show
+        conn.rollback()  # type: ignore[attr-defined]
+        return []
+
+
+def outbox_status(as_json: bool) -> int:
+    """The webhook outbox: pending depth, oldest pending age, dead letters with their last error."""
+    from atelier import notify
+
+    conn = driver.open_ledger()
+    try:
+        state = notify.outbox_state(conn)
+    finally:
+        conn.close()
+    if as_json:
+        print(json.dumps(state.as_dict(), default=str, indent=1))
+    else:
+        print(
+            f"webhook outbox: {state.depth} pending (oldest {state.oldest_age_s:.0f}s), {state.delivered} delivered, "
+        )
+        print(f"  {state.dead_letters} dead letter(s)" + (", latest:" if state.dead else ""))
+        for d in state.dead:
+            print(f"  {d['event_id']} campaign {d['campaign_id']} #{d['seq']} to {d['subscriber_url']}")
+            print(f"    after {d['attempts']} attempt(s), {d['dead_at']}: {d['last_error']}")
+    return EXIT_INVALID if state.dead_letters else EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.id is None:
+        return outbox_status(args.json)
     return status_of(args.id, args.json)
+
+
+# -- webhooks ----------------------------------------------------------------------------------
+def cmd_webhook_listen(args: argparse.Namespace) -> int:
+    import os
+
+    from atelier.webhook import listen
+
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        raise UsageError(f"the signing secret is read from ${args.secret_env}, which is not set")
+    listen(args.host, args.port, secret, args.tolerance)
+    return EXIT_OK
 
 
 # -- demo --------------------------------------------------------------------------------------
@@ -311,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--wait", action="store_true", help="show progress until the run ends")
     t.set_defaults(func=cmd_trigger)
 
-    s2 = sub.add_parser("status", help="campaign state and counts")
-    s2.add_argument("id", help="campaign id (or prefix) or Airflow run id")
+    s2 = sub.add_parser("status", help="campaign state, counts and webhook events; without an id, the webhook outbox")
+    s2.add_argument("id", nargs="?", help="campaign id (or prefix) or Airflow run id")
     s2.add_argument("--json", action="store_true")
     s2.set_defaults(func=cmd_status)
 
@@ -358,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--manifest-only", action="store_true", help="only the manifest validation figures (no Airflow)")
     b.set_defaults(func=cmd_bench)
+
+    wh = sub.add_parser("webhook", help="webhook events").add_subparsers(dest="sub", required=True)
+    wl = wh.add_parser("listen", help="a local receiver: verifies signatures, reports duplicates, prints events")
+    wl.add_argument("--host", default="127.0.0.1")
+    wl.add_argument("--port", type=int, default=58095)
+    wl.add_argument("--secret-env", default="ATELIER_WEBHOOK_SECRET", help="environment variable holding the secret")
+    wl.add_argument("--tolerance", type=float, default=300.0, help="seconds a timestamp may be off")
+    wl.set_defaults(func=cmd_webhook_listen)
     return p
 
 

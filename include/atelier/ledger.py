@@ -575,14 +575,26 @@ def finish_campaign(
     qa: dict[str, Any],
     report_uri: str | None,
     contact_sheet_uri: str | None,
+    outcome: Any = None,
 ) -> None:
-    with conn.cursor() as cur:
-        cur.execute(
-            """UPDATE campaigns SET state = %s, counts = %s, qa = %s, report_uri = %s, contact_sheet_uri = %s,
-                 finished_at = now(), updated_at = now() WHERE campaign_id = %s""",
-            (state, json.dumps(counts), json.dumps(qa), report_uri, contact_sheet_uri, campaign_id),
-        )
-    conn.commit()
+    """Records the campaign's outcome. ``outcome`` (an ``atelier.notify.Outcome``): its webhook
+    events are written to the outbox in this same transaction, so the state change and the events
+    commit or roll back together."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """UPDATE campaigns SET state = %s, counts = %s, qa = %s, report_uri = %s, contact_sheet_uri = %s,
+                     finished_at = now(), updated_at = now() WHERE campaign_id = %s""",
+                (state, json.dumps(counts), json.dumps(qa), report_uri, contact_sheet_uri, campaign_id),
+            )
+            if outcome is not None:  # after the UPDATE: its row lock serialises two finalizes
+                from atelier import notify
+
+                notify.enqueue(cur, outcome)
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def set_state(conn: Any, campaign_id: str, state: str) -> None:

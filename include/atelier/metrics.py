@@ -35,3 +35,17 @@ def campaign_finished(state: str, counts: dict[str, int]) -> None:
 def breaker_transition(provider: str, change: str) -> None:
     with suppress(OSError):
         client().incr(f"breaker.{provider}.{change.replace('->', '_to_')}")
+
+
+def outbox_outcome(outcome: str) -> None:
+    """One webhook delivery attempt ended: ``delivered``, ``retried`` or ``dead_lettered``."""
+    with suppress(OSError):
+        client().incr(f"outbox.{outcome}")
+
+
+def outbox_gauges(depth: int, oldest_age_s: float, dead_letters: int) -> None:
+    """The notification outbox now: pending events, age of the oldest pending one, dead letters."""
+    with suppress(OSError):
+        client().gauge("outbox.depth", depth)
+        client().gauge("outbox.oldest_age_s", round(oldest_age_s, 1))
+        client().gauge("outbox.dead_letters", dead_letters)

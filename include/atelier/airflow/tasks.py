@@ -72,10 +72,11 @@ def quality_check(campaign_id: str) -> dict[str, Any]:
 
 def finalize(campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
     """Decides and records the outcome; fails the task (and the run) when the campaign failed."""
+    from atelier.airflow.notify import secret
     from atelier.campaign import finalize as finish
 
     with from_connections() as res:
-        summary = finish(res, campaign_id, qa)
+        summary = finish(res, campaign_id, qa, secret)  # webhook secrets from Airflow connections
     if summary["state"] == "failed":
         raise RuntimeError(f"campaign {campaign_id} failed: {summary['counts']}, QA {summary['qa'].get('success')}")
     return {k: v for k, v in summary.items() if k != "qa"}
