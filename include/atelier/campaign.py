@@ -77,6 +77,23 @@ class DropRequest:
         return cls(brand.slug, uri, specs, provider, drop_id, shard_size, priority, dry_run, pinned)
 
 
+def identify(storage: Any, conf: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """Checks a drop's trigger conf and reads its manifest once (every row validated); returns
+    (campaign id, run id, conf with the drop id filled in). The same brand, drop, manifest bytes,
+    specs and provider always give the same campaign and run id: whoever triggers (CLI, nightly
+    refresh, the product's API call) finds the existing run instead of starting a second one."""
+    from atelier.manifest import validate
+
+    req = DropRequest.from_params(conf)
+    with storage.open(req.manifest_uri) as body:
+        report = validate(body, detect_format(req.manifest_uri), catalog.brand(req.brand))
+    if not report.ok:
+        raise ManifestError(report)
+    drop = req.drop_id or catalog.default_drop_id(report.sha256)
+    cid = catalog.campaign_id(req.brand, drop, report.sha256, req.specs, req.provider)
+    return cid, catalog.run_id_for(cid), {**conf, "drop_id": drop}
+
+
 # -- validate ----------------------------------------------------------------------------------
 def validate_drop(res: Resources, req: DropRequest) -> dict[str, Any]:
     """Reads the manifest once; raises ManifestError listing every bad row and field."""

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from atelier.settings import load_config, settings
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+DEFAULT_SPECS = ("pdp_square_1024", "thumb_320")  # a drop's specs unless it names others
 PRIORITIES = ("low", "normal", "high")  # a campaign's priority; also the ledger's CHECK constraint
 DROP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # output format → file extension

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from atelier import catalog
 from atelier.settings import settings
 
 
@@ -63,8 +62,7 @@ def prepare_trigger(
 ) -> tuple[str, str, dict[str, Any]]:
     """Validates the request and the manifest here, before anything is triggered; returns
     (campaign id, run id, conf). The run id is derived from the campaign key."""
-    from atelier.campaign import DropRequest
-    from atelier.manifest import ManifestError, detect_format, validate
+    from atelier.campaign import identify
 
     conf = {
         "brand": brand,
@@ -76,15 +74,7 @@ def prepare_trigger(
         "priority": priority,
         "dry_run": dry_run,
     }
-    req = DropRequest.from_params(conf)
-    with open_storage().open(manifest_uri) as body:
-        report = validate(body, detect_format(manifest_uri), catalog.brand(brand))
-    if not report.ok:
-        raise ManifestError(report)
-    drop = req.drop_id or catalog.default_drop_id(report.sha256)
-    conf["drop_id"] = drop
-    cid = catalog.campaign_id(req.brand, drop, report.sha256, req.specs, req.provider)
-    return cid, catalog.run_id_for(cid), conf
+    return identify(open_storage(), conf)
 
 
 def progress_line(counts: dict[str, int], total: int, width: int = 32) -> str:

@@ -49,3 +49,16 @@ def outbox_gauges(depth: int, oldest_age_s: float, dead_letters: int) -> None:
         client().gauge("outbox.depth", depth)
         client().gauge("outbox.oldest_age_s", round(oldest_age_s, 1))
         client().gauge("outbox.dead_letters", dead_letters)
+
+
+def refresh_outcome(brand: str, state: str) -> None:
+    with suppress(OSError):
+        client().incr(f"refresh.{brand}.{state}")
+
+
+def refresh_fresh(brand: str) -> None:
+    """The brand's nightly refresh completed now (the freshness SLI: now − this gauge)."""
+    import time
+
+    with suppress(OSError):
+        client().gauge(f"refresh.{brand}.last_success_ts", int(time.time()))

@@ -23,7 +23,7 @@ HEAVY = [
     "atelier.ledger",
     "atelier.providers.studio",
 ]
-APPROVED_TAGS = {"atelier", "catalog-drop", "reaper"}
+APPROVED_TAGS = {"atelier", "catalog-drop", "reaper", "nightly-refresh"}
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def drop_params() -> dict[str, Any]:
             description="Names the drop; empty = derived from the manifest's content.",
         ),
         "output_specs": Param(
-            ["pdp_square_1024", "thumb_320"],
+            list(catalog.DEFAULT_SPECS),
             type="array",
             items={"type": "string", "enum": specs},
             uniqueItems=True,

@@ -97,3 +97,41 @@ def reap(ti: Any = None) -> list[dict[str, Any]]:
         done = sweep(res, run_active)
     print(done)
     return done.redrives
+
+
+REFRESH_DAG_PREFIX = "catalog_refresh__"
+
+
+def refresh_prepare(brand: str, dag_run: Any = None) -> dict[str, Any]:
+    """The night's refresh of ``brand`` up to the drop it hands on (``atelier.refresh.prepare``).
+    The night is the local date of the run's scheduled time (its logical date; for a run triggered
+    without one, when it was triggered). An invalid snapshot fails the task for good, with reasons."""
+    from atelier import catalog, metrics
+    from atelier.refresh import night_of, prepare
+
+    refresh = catalog.brand(brand).refresh
+    assert refresh is not None, f"{brand} has no nightly refresh"
+    when = getattr(dag_run, "logical_date", None) or dag_run.run_after
+    with bad_input_fails_for_good(), from_connections() as res:
+        try:
+            out = prepare(res, brand, night_of(when, refresh.timezone))
+        except Exception:
+            metrics.refresh_outcome(brand, "invalid")
+            raise
+    print(out.message)
+    metrics.refresh_outcome(brand, out.state)
+    if out.state != "planned" and out.state != "invalid":
+        metrics.refresh_fresh(brand)  # nothing to render counts as a refresh that is up to date
+    return out.as_dict()
+
+
+def refresh_has_drop(outcome: dict[str, Any]) -> bool:
+    """Short-circuit: trigger the drop only when the night has one."""
+    return outcome["state"] == "planned"
+
+
+def refresh_done(outcome: dict[str, Any]) -> None:
+    """The night's drop finished (its run succeeded): the brand's catalog is fresh."""
+    from atelier import metrics
+
+    metrics.refresh_fresh(outcome["brand"])
