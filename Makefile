@@ -9,7 +9,7 @@ REQUIREMENTS := requirements.txt requirements-dev.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) pyproject.toml | sha256sum | cut -c1-12)
 ATELIER := $(VENV)/bin/atelier
 
-.PHONY: venv up down status demo test lint bench chaos lock clean
+.PHONY: venv up down status demo test lint bench chaos lock clean tools
 
 venv: $(STAMP)
 
@@ -39,8 +39,21 @@ status:
 demo: up
 	$(ATELIER) demo --skus $${SKUS:-200}
 
+# The deployment checks' tools (tests/deploy), apart from .venv because their pins conflict with
+# Airflow's: checkov + check-jsonschema in .venv-tools, python-hcl2 in .venv-hcl2 (checkov's fork of
+# it installs the same `hcl2` module). Rebuilt when their lock changes.
+TOOLS_STAMP := .venv-tools/.installed-$(shell cat requirements-tools.txt | sha256sum | cut -c1-12)
+HCL2_STAMP := .venv-hcl2/.installed-$(shell cat requirements-hcl2.txt | sha256sum | cut -c1-12)
+
+tools: $(TOOLS_STAMP) $(HCL2_STAMP)
+
+$(TOOLS_STAMP) $(HCL2_STAMP): | $(UV)
+	@venv=$(@D); lock=requirements-$${venv#.venv-}.txt; rm -rf $$venv \
+	  && $(UV) venv -q --python $(PYTHON) $$venv && VIRTUAL_ENV=$$venv $(UV) pip install -q -r $$lock \
+	  && touch $@
+
 # The whole suite: unit tests, integration tests on real Postgres/Redis/S3, end-to-end on real Airflow.
-test: up
+test: up tools
 	$(VENV)/bin/ruff check dags include plugins tests
 	scripts/stack.sh exec $(VENV)/bin/pytest -q tests
 
