@@ -177,7 +177,7 @@ def env_secret(conn_id: str) -> str:
 # -- delivery ----------------------------------------------------------------------------------
 def backoff_s(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds to wait after the ``attempt``-th failed attempt: capped exponential with jitter in
-    [50 %, 100 %] of the step, so consecutive delays never shrink."""
+    [50 %, 100 %] of the step, so delays never shrink before they reach the cap."""
     step = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** max(0, attempt - 1))
     return step * (0.5 + 0.5 * rng())
 
@@ -364,7 +364,7 @@ def deliver_due(
                     continue
                 result = Attempt(False, error=str(exc))
             else:
-                result = post(http, url, body, secret, event, min(TOTAL_TIMEOUT_S, left), now.timestamp())
+                result = post(http, url, body, secret, event, min(TOTAL_TIMEOUT_S, left), time.time())
             outcome = _record(conn, oid, attempts + 1, created_at, result, clock(), rng)
             conn.commit()
             setattr(done, outcome, getattr(done, outcome) + 1)
@@ -463,7 +463,7 @@ def outbox_state(conn: Any, campaign_id: str | None = None, now: datetime | None
         depth, oldest, dead, delivered = cur.fetchone()
         cur.execute(
             f"""SELECT event_id, campaign_id, seq, subscriber_url, attempts, last_status, last_error, dead_at
-                FROM outbox WHERE status = 'dead' AND {only} ORDER BY dead_at DESC LIMIT %(limit)s""",
+                FROM outbox WHERE status = 'dead' AND {only} ORDER BY dead_at DESC, id DESC LIMIT %(limit)s""",
             args,
         )
         cols = [d.name for d in cur.description]
