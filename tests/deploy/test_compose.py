@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -473,12 +472,11 @@ def test_every_mounted_file_exists(compose, tmp_path):
         "./observability/prometheus/rules",
         "./observability/statsd/mapping.yml",
     ]
-    assert {"./config/buckets.txt", "./docker/postgres/init-atelier.sql"} <= {s for v in sources.values() for s in v}
+    assert "./config/buckets.txt" in sources["minio-init"]
     missing = missing_mounts(compose, ROOT)
     assert [m for m in missing if "./observability/" not in m] == []
 
     # A checkout without the buckets list is caught.
-    shutil.copytree(ROOT / "docker", tmp_path / "docker")
     (tmp_path / "observability").symlink_to(ROOT / "observability")
     assert [m for m in missing_mounts(compose, tmp_path) if "./observability/" not in m] == [
         "minio-init: ./config/buckets.txt"
@@ -531,15 +529,24 @@ def test_the_image_copies_files_that_exist_and_reach_the_build():
 
 
 def test_airflow_init_runs_the_local_stacks_setup_steps(compose):
-    """airflow-init runs the script the image ships, which migrates the ledger and Airflow, imports
-    config/pools.json and checks the connections, as `scripts/stack.sh up` does locally."""
-    init = compose["services"]["airflow-init"]
-    assert init["command"] == ["bash", "/opt/atelier/bin/airflow-init.sh"]
-    assert "COPY --chown=airflow:root docker/airflow-init.sh /opt/atelier/bin/airflow-init.sh" in DOCKERFILE.read_text()
+    """airflow-init runs the script the image ships, which creates and migrates the ledger, migrates
+    Airflow, imports config/pools.json and checks the connections, as `scripts/stack.sh up` does
+    locally, in that order; the api-server runs through its login-writing wrapper."""
+    assert compose["services"]["airflow-init"]["command"] == ["bash", "/opt/atelier/bin/airflow-init.sh"]
+    assert compose["services"]["airflow-apiserver"]["command"] == ["bash", "/opt/atelier/bin/api-server.sh"]
+    copy_line = "COPY --chown=airflow:root docker/airflow-init.sh docker/api-server.sh /opt/atelier/bin/"
+    assert copy_line in DOCKERFILE.read_text()
     script = (ROOT / "docker" / "airflow-init.sh").read_text()
-    steps = ["atelier db migrate", "airflow db migrate", 'airflow pools import "${ATELIER_ROOT}/config/pools.json"']
-    assert all(step in script for step in steps)
+    steps = [
+        "CREATE DATABASE",
+        "atelier db migrate",
+        "airflow db migrate",
+        'airflow pools import "${ATELIER_ROOT}/config/pools.json"',
+        "for conn in atelier_ledger atelier_s3",
+    ]
+    positions = [script.find(step) for step in steps]
+    assert -1 not in positions and positions == sorted(positions), dict(zip(steps, positions, strict=True))
     for conn in ("atelier_ledger", "atelier_s3"):
         assert f"AIRFLOW_CONN_{conn.upper()}" in compose["x-airflow-common"]["environment"]
-    assert "for conn in atelier_ledger atelier_s3" in script
-    assert run(["bash", "-n", ROOT / "docker" / "airflow-init.sh"]).returncode == 0
+    for name in ("airflow-init.sh", "api-server.sh"):
+        assert run(["bash", "-n", ROOT / "docker" / name]).returncode == 0
