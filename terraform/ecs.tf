@@ -80,68 +80,68 @@ locals {
   # Component -> how it runs; the commands and healthchecks are docker-compose.airflow.yml's.
   components = {
     api-server = {
-      command = ["bash", "/opt/atelier/bin/api-server.sh"]
+      command = tolist(["bash", "/opt/atelier/bin/api-server.sh"])
       health  = "curl --fail http://localhost:8080/api/v2/monitor/health"
       count   = 2
       cpu     = 1024
       memory  = 4096
       role    = aws_iam_role.airflow.arn
       port    = 8080
-      extra   = {}
     }
     scheduler = {
-      command = ["scheduler"]
+      command = tolist(["scheduler"])
       health  = "curl --fail http://localhost:8974/health"
       count   = 1
       cpu     = 1024
       memory  = 4096
       role    = aws_iam_role.airflow.arn
       port    = null
-      extra   = {}
     }
     dag-processor = {
-      command = ["dag-processor"]
+      command = tolist(["dag-processor"])
       health  = "airflow jobs check --job-type DagProcessorJob --hostname \"$HOSTNAME\""
       count   = 1
       cpu     = 1024
       memory  = 4096
       role    = aws_iam_role.airflow.arn
       port    = null
-      extra   = {}
     }
     triggerer = {
-      command = ["triggerer"]
+      command = tolist(["triggerer"])
       health  = "airflow jobs check --job-type TriggererJob --hostname \"$HOSTNAME\""
       count   = 1
       cpu     = 1024
       memory  = 2048
       role    = aws_iam_role.airflow.arn
       port    = null
-      extra   = {}
     }
     worker = {
-      command = ["celery", "worker"]
+      command = tolist(["celery", "worker"])
       health  = "celery --app airflow.providers.celery.executors.celery_executor.app inspect ping -d \"celery@$HOSTNAME\""
       count   = var.celery_workers
       cpu     = var.worker_cpu
       memory  = var.worker_memory
       role    = aws_iam_role.worker.arn
       port    = 8793 # serve-logs: the api-server reads running tasks' logs from here
-      extra   = { DUMB_INIT_SETSID = "0" }
     }
+  }
+
+  # Settings of one component only: warm shutdown of Celery workers (the image's entrypoint
+  # passes signals to the whole process group), as in compose.
+  component_environment = {
+    for name in keys(local.task_definitions) : name => { for k, v in { DUMB_INIT_SETSID = "0" } : k => v if name == "worker" }
   }
 
   # The one-shot init runs like a component, without a service.
   task_definitions = merge(local.components, {
     init = {
-      command = ["bash", "/opt/atelier/bin/airflow-init.sh"]
+      command = tolist(["bash", "/opt/atelier/bin/airflow-init.sh"])
       health  = null
       count   = 0
       cpu     = 512
       memory  = 2048
       role    = aws_iam_role.airflow.arn
       port    = null
-      extra   = {}
     }
   })
 }
@@ -164,26 +164,19 @@ resource "aws_ecs_task_definition" "this" {
     cpu_architecture        = "X86_64"
   }
 
-  container_definitions = jsonencode([
+  container_definitions = jsonencode([merge(
     {
       name        = each.key
       image       = var.image
       essential   = true
       command     = each.value.command
-      environment = [for k, v in merge(local.environment, each.value.extra) : { name = k, value = v }]
+      environment = [for k, v in merge(local.environment, local.component_environment[each.key]) : { name = k, value = v }]
       secrets     = local.secrets
       privileged  = false
       user        = "50000:0"
       portMappings = each.value.port == null ? [] : [
         { containerPort = each.value.port, protocol = "tcp" }
       ]
-      healthCheck = each.value.health == null ? null : {
-        command     = ["CMD-SHELL", each.value.health]
-        interval    = 30
-        timeout     = 10
-        retries     = 5
-        startPeriod = 60
-      }
       logConfiguration = {
         logDriver = "awslogs"
         options = {
@@ -192,8 +185,18 @@ resource "aws_ecs_task_definition" "this" {
           awslogs-stream-prefix = each.key
         }
       }
-    }
-  ])
+    },
+    # The healthcheck, for the long-running components (the init task exits when done).
+    { for k, v in {
+      healthCheck = {
+        command     = ["CMD-SHELL", coalesce(each.value.health, "true")]
+        interval    = 30
+        timeout     = 10
+        retries     = 5
+        startPeriod = 60
+      }
+    } : k => v if each.value.health != null },
+  )])
 }
 
 resource "aws_ecs_service" "this" {

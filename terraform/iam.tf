@@ -87,8 +87,9 @@ resource "aws_iam_role" "airflow" {
 # -- ECS's execution role -------------------------------------------------------------------------
 locals {
   # The image's ECR repository, when it is in ECR (other registries need no AWS permission).
-  ecr_match          = regex("^(?:(?P<account>[0-9]{12})\\.dkr\\.ecr\\.(?P<region>[a-z0-9-]+)\\.amazonaws\\.com/(?P<repo>[^:@]+))?", var.image)
-  ecr_repository_arn = local.ecr_match.repo == null ? null : "arn:${local.partition}:ecr:${local.ecr_match.region}:${local.ecr_match.account}:repository/${local.ecr_match.repo}"
+  ecr_pattern        = "^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)"
+  ecr_parts          = can(regex(local.ecr_pattern, var.image)) ? regex(local.ecr_pattern, var.image) : null
+  ecr_repository_arn = local.ecr_parts == null ? null : "arn:${local.partition}:ecr:${local.ecr_parts[1]}:${local.ecr_parts[0]}:repository/${local.ecr_parts[2]}"
 }
 
 resource "aws_iam_role" "execution" {
