@@ -53,7 +53,7 @@ def refresh_dag(slug: str, refresh: catalog.Refresh) -> None:
             skip_when_already_exists=True,
             wait_for_completion=True,
             deferrable=True,  # waiting for the drop holds no worker slot
-            poke_interval=30,
+            poke_interval=15,
             note=f"nightly refresh of {slug}",
         )
         done = task(tasks.refresh_done, task_id="fresh")(outcome)

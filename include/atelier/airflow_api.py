@@ -61,39 +61,60 @@ class Airflow:
         conf = ac.Configuration(host=cfg.airflow_url, access_token=token(cfg), retries=3)
         return cls(ac.ApiClient(conf))
 
-    def wait_for_dag(self, timeout: float = 180) -> None:
-        """A fresh stack parses DAG files shortly after start; wait until catalog_drop is known."""
+    def wait_for_dag(self, timeout: float = 180, dag_id: str = DAG_ID) -> None:
+        """A fresh stack parses DAG files shortly after start; wait until the DAG is known (unpaused)."""
         import airflow_client.client as ac
 
         deadline = time.monotonic() + timeout
         while True:
             try:
-                dag = ac.DAGApi(self.api).get_dag(DAG_ID)
+                dag = ac.DAGApi(self.api).get_dag(dag_id)
                 if dag.is_paused:
-                    ac.DAGApi(self.api).patch_dag(DAG_ID, ac.DAGPatchBody(is_paused=False), update_mask=["is_paused"])
+                    ac.DAGApi(self.api).patch_dag(dag_id, ac.DAGPatchBody(is_paused=False), update_mask=["is_paused"])
                 return
             except ac.ApiException as exc:
                 if exc.status != 404 or time.monotonic() > deadline:
-                    raise AirflowError(f"DAG {DAG_ID} is not available: {exc.status} {exc.reason}") from exc
+                    raise AirflowError(f"DAG {dag_id} is not available: {exc.status} {exc.reason}") from exc
                 time.sleep(2)
 
-    def trigger(self, run_id: str, conf: dict[str, Any]) -> tuple[Any, bool]:
+    def trigger(
+        self, run_id: str, conf: dict[str, Any], dag_id: str = DAG_ID, logical_date: Any = None
+    ) -> tuple[Any, bool]:
         """Starts the run, or returns the existing run with the same id (409): (run, created)."""
         import airflow_client.client as ac
 
         runs = ac.DagRunApi(self.api)
         try:
-            body = ac.TriggerDAGRunPostBody(dag_run_id=run_id, logical_date=None, conf=conf)
-            return runs.trigger_dag_run(DAG_ID, body), True
+            body = ac.TriggerDAGRunPostBody(dag_run_id=run_id, logical_date=logical_date, conf=conf)
+            return runs.trigger_dag_run(dag_id, body), True
         except ac.ApiException as exc:
             if exc.status == 409:
-                return runs.get_dag_run(DAG_ID, run_id), False
+                return runs.get_dag_run(dag_id, run_id), False
             raise AirflowError(f"trigger failed: {exc.status} {exc.body}") from exc
 
-    def run(self, run_id: str) -> Any:
+    def run(self, run_id: str, dag_id: str = DAG_ID) -> Any:
         import airflow_client.client as ac
 
-        return ac.DagRunApi(self.api).get_dag_run(DAG_ID, run_id)
+        return ac.DagRunApi(self.api).get_dag_run(dag_id, run_id)
+
+    def wait(self, run_id: str, dag_id: str, timeout: float = 900) -> str:
+        """Polls a run until it is over; returns its final state ("success" / "failed")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(run_id, dag_id)
+            state = str(getattr(run.state, "value", run.state))
+            if state in ("success", "failed"):
+                return state
+            if time.monotonic() > deadline:
+                raise AirflowError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
+            time.sleep(3)
+
+    def task_states(self, run_id: str, dag_id: str) -> dict[str, str]:
+        """task id → state of a run's (unmapped) task instances."""
+        import airflow_client.client as ac
+
+        page = ac.TaskInstanceApi(self.api).get_task_instances(dag_id, run_id, limit=100)
+        return {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in page.task_instances}
 
     def mapped_instances(self, run_id: str, provider: str = "studio") -> list[Any]:
         """The mapped render task instances of a run (task ``render_<provider>``)."""
