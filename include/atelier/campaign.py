@@ -289,7 +289,7 @@ def finalize(
     ledger.finish_campaign(
         res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri, outcome=outcome
     )
-    metrics.campaign_finished(summary["state"], summary["counts"])
+    metrics.campaign_finished(camp, summary)
     if subscribers:
         notify.deliver_soon(res.conn, campaign_id, secrets)
     log.info("campaign %s %s: %s; report %s", campaign_id, summary["state"], summary["counts"], report_uri)

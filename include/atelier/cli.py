@@ -328,6 +328,13 @@ def cmd_refservice_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_statsd_exporter(args: argparse.Namespace) -> int:
+    from atelier.statsd_exporter import serve
+
+    serve(args.mapping, args.statsd_host, args.statsd_port, args.web_host, args.web_port)
+    return EXIT_OK
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atelier", description=__doc__)
@@ -394,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--max-keys", type=int, default=200_000, help="Idempotency-Keys remembered at most (oldest go)")
     sv.set_defaults(func=cmd_refservice_serve)
+
+    se = sub.add_parser("statsd-exporter", help="statsd → Prometheus with the compose stack's mapping (make up runs it)")
+    se.add_argument("--mapping", default=str(ROOT / "observability" / "statsd" / "mapping.yml"))
+    se.add_argument("--statsd-host", default="127.0.0.1")
+    se.add_argument("--statsd-port", type=int, default=8125)
+    se.add_argument("--web-host", default="127.0.0.1")
+    se.add_argument("--web-port", type=int, default=59102)
+    se.set_defaults(func=cmd_statsd_exporter)
 
     ch = sub.add_parser("chaos", help="a drop under injected faults, outage, SIGKILL and a Postgres restart")
     ch.add_argument("--skus", type=int, default=2000)

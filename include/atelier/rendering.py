@@ -167,6 +167,7 @@ def shard_context(res: Resources, campaign_id: str) -> ShardContext:
     camp = ledger.campaign(res.conn, campaign_id)
     brand = catalog.brand(camp.brand)
     chain = [get_provider(name) for name in providers.chain(camp.provider)]
+    metrics.series_seen(camp, [p.name for p in chain])
     return ShardContext(
         camp,
         brand,
@@ -213,7 +214,7 @@ def record(
                 ok = ledger.record_failure(res.conn, campaign_id, c, owner, failure or "no output")
             if not _counted(ok, tally, campaign_id, c):
                 continue
-            metrics.render_outcome(r.served_by or primary, "failed")
+            metrics.render_outcome(r.served_by or primary, ctx.brand.slug, c.spec, "failed")
             tally["failed"] += 1
             log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, failure)
             continue
@@ -240,7 +241,7 @@ def record(
         if not _counted(ok, tally, campaign_id, c):
             continue
         tally["written" if put.created else "already_written"] += 1
-        metrics.render_outcome(served_by, "succeeded", r.ms)
+        metrics.render_outcome(served_by, ctx.brand.slug, c.spec, "succeeded", r.ms)
         tally["succeeded"] += 1
         tally["fallback"] += int(served_by != primary)
 

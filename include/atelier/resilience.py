@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, TypeVar
@@ -158,6 +158,7 @@ class RateLimiter:
         while True:
             ok, value = self.try_acquire()
             if ok:
+                metrics.provider_wait(self.provider, "rate", time.monotonic() - deadline + timeout)
                 return value
             pause = min(max(value, 0.002), 0.25) + random.uniform(0, 0.01)
             if time.monotonic() + pause > deadline:
@@ -181,7 +182,7 @@ class InFlight:
 
     def __init__(self, provider: str, limit: int, lease_s: float = 120.0, url: str | None = None):
         self.key = f"atelier:inflight:{provider}"
-        self.limit, self.lease_s = limit, lease_s
+        self.provider, self.limit, self.lease_s = provider, limit, lease_s
         self.redis = redis_client(url)
         self.script = self.redis.register_script(_ACQUIRE)
 
@@ -194,6 +195,8 @@ class InFlight:
             args = [now, self.limit, now + self.lease_s, token, int(self.lease_s) + 60]
             with coordination(self.redis):
                 if self.script(keys=[self.key], args=args):
+                    metrics.provider_wait(self.provider, "in_flight", time.monotonic() - deadline + timeout)
+                    self._report()
                     return token
             if time.monotonic() >= deadline:
                 return None
@@ -202,6 +205,12 @@ class InFlight:
     def release(self, token: str) -> None:
         with coordination(self.redis):
             self.redis.zrem(self.key, token)
+        self._report()
+
+    def _report(self) -> None:
+        """The in-flight gauge: the shared count (all workers), not this process's share."""
+        with suppress(Exception):  # a metric never fails a call
+            metrics.provider_in_flight(self.provider, int(self.redis.zcard(self.key)))
 
     @contextmanager
     def slot(self, timeout: float = 300.0) -> Iterator[None]:
@@ -451,10 +460,19 @@ def call_with_retries(fn: Callable[[], T], budget: RetryBudget, attempts: int = 
         return backoff(state)
 
     def retryable(exc: BaseException) -> bool:
-        return isinstance(exc, TransientError) and not isinstance(exc, CoordinationUnavailable) and budget.allow_retry()
+        if not isinstance(exc, TransientError) or isinstance(exc, CoordinationUnavailable):
+            return False
+        if budget.allow_retry():
+            return True
+        metrics.provider_retry(budget.provider, denied=True)
+        return False
 
     for attempt in Retrying(
-        stop=stop_after_attempt(attempts), wait=wait, retry=retry_if_exception(retryable), reraise=True
+        stop=stop_after_attempt(attempts),
+        wait=wait,
+        retry=retry_if_exception(retryable),
+        reraise=True,
+        before_sleep=lambda _: metrics.provider_retry(budget.provider),
     ):
         with attempt:
             budget.note_request()

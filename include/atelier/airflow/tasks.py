@@ -86,6 +86,7 @@ def reap(ti: Any = None) -> list[dict[str, Any]]:
     """The reaper: expired leases back to pending, ledger and S3 reconciled, stalled campaigns'
     re-drives (run id and conf each) returned for the re-drive task to trigger; a campaign given
     up is finalized again so its report says so."""
+    from atelier import metrics
     from atelier.reaper import sweep
 
     def run_active(run_id: str) -> bool:
@@ -95,6 +96,7 @@ def reap(ti: Any = None) -> list[dict[str, Any]]:
 
     with from_connections() as res:
         done = sweep(res, run_active)
+    metrics.reaper_swept(done)
     print(done)
     return done.redrives
 

@@ -27,13 +27,14 @@ remote body (it may echo secrets, and it lands in reports).
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import httpx
 
-from atelier import netguard
+from atelier import metrics, netguard
 from atelier.catalog import Brand, OutputSpec
 from atelier.providers.base import Capabilities
 from atelier.resilience import (
@@ -51,6 +52,30 @@ from atelier.resilience import (
 DEFAULT_TOTAL_TIMEOUT_S = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # result images
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024  # job/status documents
+
+
+def call_outcome(status: int | None, exc: BaseException | None) -> str:
+    """The ``outcome`` label of one attempt: its HTTP status class, or what cut it short."""
+    if status == 429:
+        return "http_429"
+    if status is not None and status >= 500:
+        return "http_5xx"
+    if status is not None and not 200 <= status < 300:
+        return "http_4xx"
+    if exc is None:
+        return "ok"
+    if status is not None:
+        return "invalid"  # a 2xx whose body is not what was asked for
+    cause = exc.__context__
+    if isinstance(cause, netguard.TooLarge):
+        return "too_large"
+    if isinstance(cause, netguard.DeadlineExceeded | httpx.TimeoutException):
+        return "timeout"
+    if isinstance(cause, httpx.TransportError):
+        return "transport_error"
+    if isinstance(cause, httpx.InvalidURL | netguard.Refused):
+        return "refused"
+    return "error" if isinstance(exc, Exception) else "interrupted"
 
 
 def retry_after(resp: httpx.Response) -> float | None:
@@ -166,6 +191,7 @@ class HttpProvider:
         probe = verdict == "probe"
         shown = f"{self.name}: {method} {netguard.redact(url)}"
         healthy: bool | None = None  # None: the provider was not judged by this attempt
+        status: int | None = None
         try:
             if self.limiter:
                 self.limiter.acquire()
@@ -212,6 +238,7 @@ class HttpProvider:
             healthy = None
             raise
         finally:
+            metrics.provider_call(self.name, call_outcome(status, sys.exc_info()[1]))
             if healthy is not None or probe:
                 # The probe itself (not just True), so the breaker knows exactly which probe reports.
                 self.breaker.record(bool(healthy), verdict if probe else False)
