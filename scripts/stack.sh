@@ -23,7 +23,13 @@ LOGS="$STATE/logs"
 PGDATA="$STATE/pg/data"
 PGBIN=""
 SUPERVISOR_CONF="$ATELIER_ROOT/config/supervisord.conf"
-PROGRAMS=(redis s3 refservice api-server scheduler dag-processor triggerer)
+PROGRAMS=(redis s3 refservice statsd-exporter prometheus alertmanager api-server scheduler dag-processor triggerer)
+# Observability (issue 11): statsd → exporter (udp $ATELIER_STATSD_PORT) → Prometheus → Alertmanager.
+# Ports of the local stack only (compose uses the standard ones): exported for `stack.sh exec`.
+export ATELIER_STATSD_EXPORTER_PORT="${ATELIER_STATSD_EXPORTER_PORT:-59102}"
+export ATELIER_PROMETHEUS_URL="${ATELIER_PROMETHEUS_URL:-http://127.0.0.1:59090}"
+export ATELIER_ALERTMANAGER_URL="${ATELIER_ALERTMANAGER_URL:-http://127.0.0.1:59093}"
+OBS="$ATELIER_ROOT/observability"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 
@@ -49,6 +55,18 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
     # Debian starts a cluster/server of its own on the default ports; ours use other ports, leave them be.
     PGBIN="$(newest_pgbin)"
+  fi
+  # Prometheus (with promtool) and Alertmanager (with amtool) from the machine's packages; without
+  # recommends (no node exporter). On a systemd machine Debian starts its own on 9090/9093: ours
+  # use other ports (below).
+  missing=()
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]} from the machine's packages"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 
@@ -191,6 +209,30 @@ start_refservice() {
   wait_for refservice 30 curl -sf "http://127.0.0.1:$ATELIER_REFSERVICE_PORT/healthz"
 }
 
+write_prometheus_config() {
+  # observability/prometheus/prometheus.yml with the local stack's addresses; the rules are read
+  # from the checkout. A running Prometheus reloads it (and the rules) on every `up`.
+  mkdir -p "$STATE/prometheus/data" "$STATE/alertmanager"
+  local promport=${ATELIER_PROMETHEUS_URL##*:} amport=${ATELIER_ALERTMANAGER_URL##*:}
+  sed -e "s|/etc/prometheus/rules/|$OBS/prometheus/rules/|" \
+      -e "s|\"alertmanager:9093\"|\"127.0.0.1:$amport\"|g" \
+      -e "s|\"statsd-exporter:9102\"|\"127.0.0.1:$ATELIER_STATSD_EXPORTER_PORT\"|" \
+      -e "s|\"localhost:9090\"|\"127.0.0.1:$promport\"|" \
+      "$OBS/prometheus/prometheus.yml" > "$STATE/prometheus/prometheus.yml.new"
+  mv "$STATE/prometheus/prometheus.yml.new" "$STATE/prometheus/prometheus.yml"
+}
+
+start_observability() {
+  write_prometheus_config
+  start_program statsd-exporter
+  wait_for "statsd exporter" 30 curl -sf "http://127.0.0.1:$ATELIER_STATSD_EXPORTER_PORT/metrics"
+  start_program alertmanager
+  wait_for alertmanager 30 curl -sf "$ATELIER_ALERTMANAGER_URL/-/ready"
+  start_program prometheus
+  wait_for prometheus 60 curl -sf "$ATELIER_PROMETHEUS_URL/-/ready"
+  curl -sf -X POST "$ATELIER_PROMETHEUS_URL/-/reload" >/dev/null || log "prometheus did not reload its config"
+}
+
 start_airflow() {
   mkdir -p "$AIRFLOW_HOME"
   # Login for the UI and the REST API (simple auth manager): admin / admin, local only.
@@ -215,6 +257,16 @@ run_program() { # name: exec one program in the foreground (supervisord's comman
     # config/providers.json tells clients, with headroom: rps 50 vs 40, 8 jobs in flight vs 6.
     refservice) exec "$VENV/bin/atelier" refservice serve --port "$ATELIER_REFSERVICE_PORT" --rps 50 --max-in-flight 8 ;;
     api-server|scheduler|dag-processor|triggerer) exec "$VENV/bin/airflow" "$1" ;;
+    # The same mapping as compose's prom/statsd-exporter (include/atelier/statsd_exporter.py).
+    statsd-exporter) exec "$VENV/bin/atelier" statsd-exporter --statsd-host "$ATELIER_STATSD_HOST" \
+      --statsd-port "$ATELIER_STATSD_PORT" --web-port "$ATELIER_STATSD_EXPORTER_PORT" ;;
+    prometheus) exec prometheus --config.file="$STATE/prometheus/prometheus.yml" \
+      --storage.tsdb.path="$STATE/prometheus/data" --storage.tsdb.retention.time=15d \
+      --web.listen-address="127.0.0.1:${ATELIER_PROMETHEUS_URL##*:}" --web.enable-lifecycle ;;
+    # No cluster peers locally: --cluster.listen-address= turns gossip (port 9094) off.
+    alertmanager) exec prometheus-alertmanager --config.file="$OBS/alertmanager/alertmanager.yml" \
+      --storage.path="$STATE/alertmanager" --web.listen-address="127.0.0.1:${ATELIER_ALERTMANAGER_URL##*:}" \
+      --cluster.listen-address= ;;
     *) echo "unknown program: $1" >&2; exit 2 ;;
   esac
 }
@@ -249,12 +301,13 @@ up() {
   stop_unsupervised
   start_postgres
   start_supervisord
+  start_observability
   start_redis
   "$VENV/bin/atelier" db migrate
   start_s3
   start_refservice
   start_airflow
-  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT; make status"
+  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT, Prometheus $ATELIER_PROMETHEUS_URL, Alertmanager $ATELIER_ALERTMANAGER_URL; make status"
 }
 
 down() {
