@@ -5,6 +5,7 @@ as programs, and documents come back as JSON."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ def tool(name: str, venv: Path = TOOLS) -> Path:
     return path
 
 
-def run(args: list[str | Path], cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(
+    args: list[Any], cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a program; ``env`` is added to this process's environment."""
+    full = {**os.environ, **env} if env else None
+    return subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full)
 
 
 def load_yaml(path: Path) -> Any:
