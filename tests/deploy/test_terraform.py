@@ -557,3 +557,57 @@ def test_variable_validation_rejects_bad_values(tmp_path):
     code, output = plan({**good, **bad})
     assert code != 0
     assert [key for key in bad if f"{key}:" not in output] == [], output[-3000:]
+
+
+# -- the ECS services mirror the compose stack -----------------------------------------------------
+# Compose settings the ECS services do without, and why.
+COMPOSE_ONLY = {
+    "AWS_ACCESS_KEY_ID": "tasks use their IAM role, not keys",
+    "AWS_SECRET_ACCESS_KEY": "tasks use their IAM role, not keys",
+    "AIRFLOW_HOME": "the image's default",
+    "AIRFLOW__CORE__DAGS_FOLDER": "the image's default",
+    "AIRFLOW__CORE__PLUGINS_FOLDER": "the image's default",
+    "ATELIER_STATSD_HOST": "no statsd exporter in the module (README: not covered)",
+    "ATELIER_STATSD_PORT": "as ATELIER_STATSD_HOST",
+    "AIRFLOW__METRICS__STATSD_HOST": "as ATELIER_STATSD_HOST (statsd_on is False)",
+    "AIRFLOW__METRICS__STATSD_PORT": "as ATELIER_STATSD_HOST",
+    "AIRFLOW__METRICS__STATSD_PREFIX": "as ATELIER_STATSD_HOST",
+    "ATELIER_PROVIDER_REFSERVICE_URL": "the reference service is a local test double; remote providers come from provider_urls",
+    "ATELIER_PROVIDER_REFSERVICE_DEFERRED_URL": "as ATELIER_PROVIDER_REFSERVICE_URL",
+    "ATELIER_REFSERVICE_ADMIN_TOKEN": "as ATELIER_PROVIDER_REFSERVICE_URL",
+}
+
+
+def ecs_settings(ecs_tf: str, secrets_tf: str) -> set[str]:
+    """The setting names the ECS task definitions set: the plain ones (local.environment in
+    ecs.tf) and the secret ones (local.secret_settings in secrets.tf)."""
+
+    def block(text: str, start: str) -> str:
+        body = text[text.index(start) :]
+        depth, end = 0, 0
+        for i, ch in enumerate(body):
+            depth += ch in "({"
+            depth -= ch in ")}"
+            if depth == 0 and ch in ")}":
+                end = i
+                break
+        return body[:end]
+
+    names = re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+=", block(ecs_tf, "environment = merge("), re.M)
+    names += re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+=", block(secrets_tf, "secret_settings = {"), re.M)
+    return set(names)
+
+
+def test_the_ecs_services_mirror_the_compose_settings():
+    from tests.deploy.test_compose import COMPOSE
+    from tests.deploy.tooling import load_yaml
+
+    compose = set(load_yaml(COMPOSE)["x-airflow-common"]["environment"])
+    ecs = ecs_settings((TF / "ecs.tf").read_text(), (TF / "secrets.tf").read_text())
+    assert {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_ATELIER_S3"} <= ecs
+    assert sorted(compose - ecs - COMPOSE_ONLY.keys()) == []
+    assert sorted(COMPOSE_ONLY.keys() - compose) == [], "COMPOSE_ONLY names a setting compose no longer has"
+    assert sorted(COMPOSE_ONLY.keys() & ecs) == [], "COMPOSE_ONLY names a setting ECS sets"
+
+    weakened = (TF / "ecs.tf").read_text().replace("AIRFLOW__CORE__MAX_MAP_LENGTH", "# gone", 1)
+    assert "AIRFLOW__CORE__MAX_MAP_LENGTH" in compose - ecs_settings(weakened, (TF / "secrets.tf").read_text())
