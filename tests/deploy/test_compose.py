@@ -491,6 +491,38 @@ def test_buckets_created_are_the_ones_atelier_uses():
     assert sorted(listed) == sorted(defaults)
 
 
+def test_minio_init_creates_the_listed_buckets(compose, tmp_path):
+    """minio-init's script, run by /bin/sh with `mc` recording its calls: it logs in with the
+    compose credentials and makes each bucket of config/buckets.txt (blank lines skipped, a last
+    line without a newline kept), idempotently."""
+    service = compose["services"]["minio-init"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    assert "./config/buckets.txt:/config/buckets.txt:ro" in service["volumes"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text('#!/bin/sh\necho "$*" >> "$MC_CALLS"\n')
+    (bin_dir / "mc").chmod(0o755)
+
+    def calls(buckets_txt: str) -> list[str]:
+        listing = tmp_path / "buckets.txt"
+        listing.write_text(buckets_txt)
+        script = interpolate(service["command"][0]).replace("/config/buckets.txt", str(listing))
+        log = tmp_path / "calls.txt"
+        log.unlink(missing_ok=True)
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "MC_CALLS": str(log)}
+        env |= {k: interpolate(str(v)) for k, v in service["environment"].items()}
+        out = run(["/bin/sh", "-c", script], env=env)
+        assert out.returncode == 0, out.stderr
+        return log.read_text().splitlines()
+
+    expected = [f"mb --ignore-existing atelier/{b}" for b in (ROOT / "config/buckets.txt").read_text().split()]
+    assert calls((ROOT / "config/buckets.txt").read_text()) == [
+        "alias set atelier http://minio:9000 atelier-local atelier-local",
+        *expected,
+    ]
+    assert calls("a\n\nb")[1:] == ["mb --ignore-existing atelier/a", "mb --ignore-existing atelier/b"]
+
+
 def dockerfile_problems(dockerfile: str, ignore: str, root: Path) -> list[str]:
     """Every COPY source exists and is let through the build context's ignore file (`*` then
     `!path` lines); config/local.env (loopback addresses) is kept out."""
