@@ -338,6 +338,19 @@ def deliver_due(
     http = http or _client()
     done = Delivered()
     skip: list[int] = []
+    known: dict[str, str | SecretUnavailable] = {}  # one lookup per connection and pass
+
+    def secret_of(conn_id: str) -> str:
+        if conn_id not in known:
+            try:
+                known[conn_id] = secrets(conn_id)
+            except SecretUnavailable as exc:
+                known[conn_id] = exc
+        value = known[conn_id]
+        if isinstance(value, SecretUnavailable):
+            raise value
+        return value
+
     started = time.monotonic()
     try:
         while done.attempted < max_events:
@@ -355,7 +368,7 @@ def deliver_due(
             if _after_claim is not None:
                 _after_claim(oid)
             try:
-                secret = secrets(conn_id)
+                secret = secret_of(conn_id)
             except SecretUnavailable as exc:
                 if best_effort:
                     conn.rollback()
