@@ -583,11 +583,12 @@ def test_airflow_init_runs_the_local_stacks_setup_steps(compose):
 
 # -- the observability profile's configuration meets the services --------------------------------
 def observability_problems(
-    compose: dict[str, Any], prometheus: dict[str, Any], dashboard_providers: list[Any]
+    compose: dict[str, Any], prometheus: dict[str, Any], dashboard_providers: list[Any], datasources: list[Any]
 ) -> list[str]:
     """Prometheus (observability/prometheus/prometheus.yml) reads its rules where compose mounts
     them and scrapes/alerts services of this file on the ports they listen on; Grafana's dashboard
-    provider reads the directory compose mounts the dashboards into."""
+    provider reads the directory compose mounts the dashboards into, and its data sources are
+    services of this file."""
     services = compose["services"]
     problems = []
 
@@ -609,24 +610,29 @@ def observability_problems(
         "alertmanager": {"9093"},
         "prometheus": {"9090"},
     }
-    targets = [
-        t
-        for job in prometheus.get("scrape_configs", [])
-        for sc in job.get("static_configs", [])
-        for t in sc.get("targets", [])
-    ] + [
-        t
-        for am in prometheus.get("alerting", {}).get("alertmanagers", [])
-        for sc in am.get("static_configs", [])
-        for t in sc.get("targets", [])
-    ]
-    for t in targets:
+    # (who connects, host:port); localhost is the connecting service itself.
+    targets = (
+        [
+            ("prometheus", t)
+            for job in prometheus.get("scrape_configs", [])
+            for sc in job.get("static_configs", [])
+            for t in sc.get("targets", [])
+        ]
+        + [
+            ("prometheus", t)
+            for am in prometheus.get("alerting", {}).get("alertmanagers", [])
+            for sc in am.get("static_configs", [])
+            for t in sc.get("targets", [])
+        ]
+        + [("grafana", urlsplit(d.get("url", "")).netloc) for d in datasources]
+    )
+    for origin, t in targets:
         host, _, port = t.rpartition(":")
-        service = "prometheus" if host == "localhost" else host
+        service = origin if host == "localhost" else host
         if service not in services:
-            problems.append(f"prometheus target {t}: no service {service}")
+            problems.append(f"{origin} target {t}: no service {service}")
         elif port not in listens.get(service, set()):
-            problems.append(f"prometheus target {t}: {service} does not listen on {port}")
+            problems.append(f"{origin} target {t}: {service} does not listen on {port}")
     dashboards = target("grafana", "./observability/grafana/dashboards")
     for provider in dashboard_providers:
         path = (provider.get("options") or {}).get("path")
@@ -641,12 +647,25 @@ def test_the_observability_configuration_meets_the_compose_services(compose):
     prometheus = load_yaml(ROOT / "observability/prometheus/prometheus.yml")
     provisioning = ROOT / "observability/grafana/provisioning/dashboards"
     providers = [p for f in sorted(provisioning.glob("*.y*ml")) for p in (load_yaml(f) or {}).get("providers", [])]
-    assert prometheus.get("rule_files") and prometheus.get("scrape_configs")
-    assert observability_problems(compose, prometheus, providers) == []
+    datasources = [
+        d
+        for f in sorted((provisioning.parent / "datasources").glob("*.y*ml"))
+        for d in (load_yaml(f) or {}).get("datasources", [])
+    ]
+    assert prometheus.get("rule_files") and prometheus.get("scrape_configs") and providers and datasources
+    assert observability_problems(compose, prometheus, providers, datasources) == []
 
     broken = copy.deepcopy(prometheus)
     broken["rule_files"] = ["/etc/prometheus/alerts/*.yml"]
     broken["scrape_configs"][0]["static_configs"][0]["targets"] = ["statsd-exporter:9125", "statsd:9102"]
-    found = "\n".join(observability_problems(compose, broken, [{"name": "x", "options": {"path": "/dashboards"}}]))
-    for needle in ["/etc/prometheus/alerts/", "statsd-exporter:9125", "no service statsd", "reads /dashboards"]:
+    bad_provider = [{"name": "x", "options": {"path": "/dashboards"}}]
+    bad_source = [{"url": "http://localhost:9090"}]
+    found = "\n".join(observability_problems(compose, broken, bad_provider, bad_source))
+    for needle in [
+        "/etc/prometheus/alerts/",
+        "statsd-exporter:9125",
+        "no service statsd",
+        "reads /dashboards",
+        "grafana target localhost:9090",
+    ]:
         assert needle in found
