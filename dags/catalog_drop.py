@@ -6,7 +6,8 @@ Turns one brand's **catalog drop** (a manifest of SKUs with packshots) into gene
 **Steps:** validate the manifest → register the campaign (idempotent) → plan (dedup against every
 render already made, split into shards) → render the shards as mapped tasks in the provider's pool
 → quality check (Great Expectations over the ledger, every object present in S3) → finalize
-(complete / partial / failed, report + contact sheet in S3).
+(complete / partial / failed, report + contact sheet in S3, webhooks to the brand's subscribers,
+an event of the `atelier_campaigns` asset) → outcome (fails the run when the campaign failed).
 
 **Trigger it** from this form, from the REST API (`POST /api/v2/dags/catalog_drop/dagRuns`) or with
 `atelier trigger --brand … --manifest s3://…`. The same brand, drop id, manifest and specs are the
@@ -59,7 +60,8 @@ def catalog_drop() -> None:
             execution_timeout=timedelta(hours=2),
         )
         render.expand(shard=shards) >> qa
-    task(tasks.finalize, trigger_rule="all_done")(campaign_id, qa)
+    summary = task(tasks.finalize, trigger_rule="all_done", outlets=[tasks.campaigns_asset()])(campaign_id, qa)
+    task(tasks.outcome)(summary)
 
 
 catalog_drop()

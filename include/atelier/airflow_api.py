@@ -130,3 +130,29 @@ class Airflow:
             offset += len(page.task_instances)
             if not page.task_instances or offset >= page.total_entries:
                 return out
+
+    # -- the product API (atelier.airflow.api, mounted at /atelier by the Airflow plugin) -------
+    def _product(self) -> httpx.Client:
+        cfg = self.api.configuration
+        return httpx.Client(
+            base_url=f"{cfg.host.rstrip('/')}/atelier/v1",
+            headers={"authorization": f"Bearer {cfg.access_token}"},
+            timeout=60,
+        )
+
+    def submit_drop(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /atelier/v1/drops``: the drop of (brand, request_id), started once; a repeat
+        returns the same run (``created`` false). Raises AirflowError with the server's reason."""
+        with self._product() as client:
+            resp = client.post("/drops", json=body)
+        if resp.status_code != 200:
+            raise AirflowError(f"POST /atelier/v1/drops answered {resp.status_code}: {resp.text[:500]}")
+        return resp.json()
+
+    def drop(self, dag_run_id: str) -> dict[str, Any]:
+        """``GET /atelier/v1/drops/<run id>``: the run's state and, once registered, its campaign."""
+        with self._product() as client:
+            resp = client.get(f"/drops/{dag_run_id}")
+        if resp.status_code != 200:
+            raise AirflowError(f"GET /atelier/v1/drops/{dag_run_id} answered {resp.status_code}: {resp.text[:500]}")
+        return resp.json()

@@ -293,4 +293,10 @@ def finalize(
     if subscribers:
         notify.deliver_soon(res.conn, campaign_id, secrets)
     log.info("campaign %s %s: %s; report %s", campaign_id, summary["state"], summary["counts"], report_uri)
-    return {**summary, "report_uri": report_uri, "contact_sheet_uri": sheet_uri}
+    return {
+        **summary,
+        "brand": camp.brand,
+        "drop_id": camp.drop_id,
+        "report_uri": report_uri,
+        "contact_sheet_uri": sheet_uri,
+    }

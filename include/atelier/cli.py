@@ -77,6 +77,21 @@ def cmd_storage_init(args: argparse.Namespace) -> int:
 
 
 # -- trigger / status --------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    from atelier.airflow_api import Airflow
+
+    body = {
+        "brand": args.brand,
+        "manifest_uri": args.manifest,
+        "request_id": args.request_id,
+        "output_specs": args.specs.split(","),
+        "provider": args.provider,
+        "priority": args.priority,
+    }
+    print(json.dumps(Airflow.connect().submit_drop(body)))
+    return EXIT_OK
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     from atelier.airflow_api import Airflow
 
@@ -373,6 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true")
     t.add_argument("--wait", action="store_true", help="show progress until the run ends")
     t.set_defaults(func=cmd_trigger)
+
+    sb = sub.add_parser(
+        "submit", help="submit a drop as the product does: idempotent on (brand, request id), via /atelier/v1/drops"
+    )
+    sb.add_argument("--brand", required=True)
+    sb.add_argument("--manifest", required=True, help="s3:// URI of the manifest")
+    sb.add_argument("--request-id", required=True, help="the caller's own id for this request")
+    sb.add_argument("--specs", default=",".join(catalog.DEFAULT_SPECS), help="comma-separated output spec names")
+    sb.add_argument("--provider", default="studio")
+    sb.add_argument("--priority", default="normal", choices=catalog.PRIORITIES)
+    sb.set_defaults(func=cmd_submit)
 
     s2 = sub.add_parser("status", help="campaign state, counts and webhook events; without an id, the webhook outbox")
     s2.add_argument("id", nargs="?", help="campaign id (or prefix) or Airflow run id")

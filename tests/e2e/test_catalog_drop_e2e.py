@@ -67,3 +67,34 @@ def test_a_50_sku_drop_triggered_twice_is_one_run_and_one_campaign(tmp_path: Pat
     mapped = af.mapped_instances(run_id)
     assert len(mapped) == camp.shard_count == 3  # 50 SKUs → 3 shards, not 50 tasks
     assert all(" … " in (ti.rendered_map_index or "") for ti in mapped)
+
+
+def test_a_finished_campaign_is_an_asset_event_that_schedules_downstream_dags(tmp_path: Path):
+    """finalize publishes the outcome as an event of the atelier_campaigns asset (its extra names
+    the campaign), and campaign_published, scheduled on that asset, runs for it."""
+    import airflow_client.client as ac
+
+    cfg = settings()
+    seed = int(time.time()) % 100_000 + 7
+    manifest_uri = make_samples(3, tmp_path, seed, f"s3://{cfg.inbox_bucket}/e2e/asset-{seed}", upload=True, quiet=True)
+    cid, run_id, conf = prepare_trigger("atelier-test", manifest_uri, ["thumb_320"], "studio", f"asset-{seed}")
+    af = Airflow.connect()
+    af.wait_for_dag()
+    af.wait_for_dag(dag_id="campaign_published")
+    af.trigger(run_id, conf)
+    assert wait_for_run(af, run_id, cid, show=False, timeout=600) == "success"
+
+    events = ac.AssetApi(af.api).get_asset_events(source_dag_id="catalog_drop", source_run_id=run_id).asset_events
+    assert len(events) == 1
+    event = events[0]
+    assert event.name == "atelier_campaigns" and event.source_task_id == "finalize"
+    assert event.extra["campaign_id"] == cid and event.extra["state"] == "complete"
+    assert event.extra["report_uri"].endswith(f"campaigns/{cid}/report.json")
+    assert event.extra["counts"] == {"succeeded": 3, "reused": 0, "failed": 0}
+
+    deadline = time.monotonic() + 300  # the scheduler creates the downstream run on its next loop
+    while not (runs := event.created_dagruns) and time.monotonic() < deadline:
+        time.sleep(3)
+        event = ac.AssetApi(af.api).get_asset_events(source_dag_id="catalog_drop", source_run_id=run_id).asset_events[0]
+    assert runs and runs[0].dag_id == "campaign_published"
+    assert af.wait(runs[0].run_id, "campaign_published", timeout=300) == "success"

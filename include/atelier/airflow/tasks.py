@@ -70,16 +70,36 @@ def quality_check(campaign_id: str) -> dict[str, Any]:
         return check(res, campaign_id)
 
 
-def finalize(campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
-    """Decides and records the outcome; fails the task (and the run) when the campaign failed."""
+def campaigns_asset() -> Any:
+    """The Airflow Asset each finished campaign updates (one event per finalize). Downstream DAGs
+    schedule on it; each event's extra names the campaign and where its report landed."""
+    from airflow.sdk import Asset
+
+    return Asset(name="atelier_campaigns", uri="atelier://campaigns", group="atelier")
+
+
+EVENT_FIELDS = ("campaign_id", "brand", "drop_id", "state", "counts", "report_uri", "contact_sheet_uri")
+
+
+def finalize(campaign_id: str, qa: dict[str, Any] | None, outlet_events: Any = None) -> dict[str, Any]:
+    """Decides and records the outcome (complete / partial / failed) and publishes it: webhooks
+    through the outbox, and an event of the campaigns Asset whose extra names the campaign. A
+    failed campaign is published too; the ``outcome`` task then fails the run."""
     from atelier.airflow.notify import secret
     from atelier.campaign import finalize as finish
 
     with from_connections() as res:
         summary = finish(res, campaign_id, qa, secret)  # webhook secrets from Airflow connections
-    if summary["state"] == "failed":
-        raise RuntimeError(f"campaign {campaign_id} failed: {summary['counts']}, QA {summary['qa'].get('success')}")
+    if outlet_events is not None:
+        outlet_events[campaigns_asset()].extra = {k: summary.get(k) for k in EVENT_FIELDS}
     return {k: v for k, v in summary.items() if k != "qa"}
+
+
+def outcome(summary: dict[str, Any]) -> str:
+    """Fails the run when the campaign failed (after finalize has recorded and published it)."""
+    if summary["state"] == "failed":
+        raise RuntimeError(f"campaign {summary['campaign_id']} failed: {summary['counts']}")
+    return summary["state"]
 
 
 def reap(ti: Any = None) -> list[dict[str, Any]]:
@@ -137,3 +157,26 @@ def refresh_done(outcome: dict[str, Any]) -> None:
     from atelier import metrics
 
     metrics.refresh_fresh(outcome["brand"])
+
+
+def published_campaigns(triggering_asset_events: Any = None) -> list[dict[str, Any]]:
+    """The downstream example: for each campaign event that scheduled this run, the outputs a
+    consumer would publish (from the campaign's report in S3)."""
+    import json
+
+    from atelier.storage import split_s3
+
+    events = [e for evs in (triggering_asset_events or {}).values() for e in evs]
+    published = []
+    with from_connections() as res:
+        for e in events:
+            extra = dict(e.extra or {})
+            if extra.get("state") not in ("complete", "partial") or not extra.get("report_uri"):
+                print(f"campaign {extra.get('campaign_id')} {extra.get('state')}: nothing to publish")
+                continue
+            bucket, key = split_s3(extra["report_uri"])
+            report = json.loads(res.storage.client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            outputs = [r["uri"] for r in report["renders"] if r["uri"]]
+            print(f"campaign {extra['campaign_id']} ({extra['brand']}, {extra['state']}): {len(outputs)} outputs")
+            published.append({"campaign_id": extra["campaign_id"], "outputs": len(outputs)})
+    return published

@@ -1,0 +1,174 @@
+"""The product's API, mounted in Airflow's api-server by ``plugins/atelier_plugin.py`` at
+``/atelier``: submit a drop under the product's own request id and get the same run (and
+campaign) back on every repeat, whatever else the retry carries; read a drop's outcome.
+
+Why a plugin and not the stock ``POST /api/v2/dags/catalog_drop/dagRuns``: there the caller names
+the run, so an idempotent retry needs the caller to derive Atelier's run id itself. Here the run
+id is derived from (brand, request id) by Atelier, and a repeat with a different body is refused
+instead of silently starting a second drop.
+
+Auth: Airflow does not authenticate plugin apps, so every route depends on Airflow's own
+``requires_access_dag`` (the caller's Airflow JWT, as for the core API: ``Authorization: Bearer``
+from ``POST /auth/token``, or the UI's session cookie). The trigger itself is forwarded to the
+core API with the caller's token, so Airflow's Params validation and run permissions apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import httpx
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from atelier import catalog
+
+DROP_DAG = "catalog_drop"
+IDENTITY = ("brand", "manifest_uri", "output_specs", "provider", "drop_id", "dry_run")  # a repeat must match
+
+
+class DropSubmission(BaseModel):
+    """What the product sends. ``request_id`` is the product's own id for this drop request (any
+    string up to 200 chars); a repeat with the same brand and request id is the same drop."""
+
+    brand: str
+    manifest_uri: str
+    request_id: str = Field(min_length=1, max_length=200)
+    output_specs: list[str] = Field(default_factory=lambda: list(catalog.DEFAULT_SPECS))
+    provider: str = "studio"
+    priority: str = "normal"
+    shard_size: int = 0
+    dry_run: bool = False
+
+
+def drop_id_for(request_id: str) -> str:
+    """The drop id of a product request: the request id itself when it is a valid drop id, else a
+    digest of it (stable across repeats either way)."""
+    if catalog.DROP_ID.match(request_id) and not request_id.startswith("r-"):
+        return request_id
+    return "r-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
+
+
+def run_id_for_request(brand: str, drop_id: str) -> str:
+    return f"request__{brand}__{drop_id}"
+
+
+def _requires_run_access(method: str) -> Any:
+    """A dependency running Airflow's own ``requires_access_dag`` for catalog_drop's runs on the
+    caller's JWT (bearer header, else the UI's cookie). Airflow's security module is imported on
+    the first request, not when the plugin is loaded (every Airflow process loads plugins)."""
+
+    async def dependency(request: Request) -> None:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import requires_access_dag, resolve_user_from_token
+
+        token = _token(request)
+        if not token:
+            raise HTTPException(status_code=401, detail="Not authenticated: Authorization: Bearer <Airflow token>")
+        user = await resolve_user_from_token(token)
+        requires_access_dag(method, DagAccessEntity.RUN, param_dag_id=DROP_DAG)(request, user)
+
+    return Depends(dependency)
+
+
+def _token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get("_token")
+
+
+def _core(request: Request) -> httpx.Client:
+    """A client for Airflow's core API on this same server, carrying the caller's credential."""
+    from airflow.configuration import conf
+
+    headers = {"authorization": f"Bearer {_token(request)}"}
+    base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
+    return httpx.Client(base_url=f"{base}/api/v2", headers=headers, timeout=30)
+
+
+def _campaign(run_id: str) -> dict[str, Any] | None:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from atelier.airflow.resources import LEDGER_CONN_ID
+
+    conn = PostgresHook(postgres_conn_id=LEDGER_CONN_ID).get_conn()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT campaign_id, state, counts, report_uri, contact_sheet_uri FROM campaigns
+                   WHERE dag_run_id = %s OR last_run_id = %s ORDER BY created_at LIMIT 1""",
+                (run_id, run_id),
+            )
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    if not row:
+        return None
+    keys = ("campaign_id", "state", "counts", "report_uri", "contact_sheet_uri")
+    return dict(zip(keys, row, strict=True))
+
+
+def _view(run: dict[str, Any]) -> dict[str, Any]:
+    conf = run.get("conf") or {}
+    return {
+        "dag_id": DROP_DAG,
+        "dag_run_id": run["dag_run_id"],
+        "run_state": run["state"],
+        "brand": conf.get("brand"),
+        "drop_id": conf.get("drop_id"),
+        "request_id": conf.get("request_id"),
+        "campaign": _campaign(run["dag_run_id"]),  # null until the run has registered it
+    }
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Atelier", description=__doc__, version="1")
+
+    @app.post("/v1/drops", dependencies=[_requires_run_access("POST")])
+    def submit_drop(body: DropSubmission, request: Request) -> dict[str, Any]:
+        """Starts the drop, or returns the run already started for this brand and request id
+        (``created`` false). 409 when the request id was used for a different drop; 422 names the
+        field that is wrong."""
+        from atelier.campaign import DropRequest
+        from atelier.catalog import ConfigError
+
+        drop_id = drop_id_for(body.request_id)
+        conf = {**body.model_dump(exclude={"request_id"}), "drop_id": drop_id, "request_id": body.request_id}
+        try:
+            DropRequest.from_params(conf)  # same checks as the DAG's validate step, before any run exists
+        except ConfigError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        run_id = run_id_for_request(body.brand, drop_id)
+        with _core(request) as core:
+            resp = core.post(
+                f"/dags/{DROP_DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
+            )
+            created = resp.status_code in (200, 201)
+            if resp.status_code == 409:
+                resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{run_id}")
+            if resp.status_code not in (200, 201):
+                raise HTTPException(status_code=resp.status_code, detail=resp.json().get("detail", resp.text[:500]))
+        run = resp.json()
+        if not created:
+            theirs = run.get("conf") or {}
+            differs = [k for k in IDENTITY if theirs.get(k) != conf.get(k)]
+            if differs:
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"request_id {body.request_id!r} of brand {body.brand} was already used for a "
+                    f"different drop (run {run_id}); differs in {differs}",
+                )
+        return {**_view(run), "created": created}
+
+    @app.get("/v1/drops/{dag_run_id}", dependencies=[_requires_run_access("GET")])
+    def get_drop(dag_run_id: str, request: Request) -> dict[str, Any]:
+        """The run's state and, once registered, its campaign (state, counts, report URIs)."""
+        with _core(request) as core:
+            resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{dag_run_id}")
+        if resp.status_code != 200:
+            raise HTTPException(status_code=resp.status_code, detail=resp.json().get("detail", resp.text[:500]))
+        return _view(resp.json())
+
+    return app
