@@ -119,7 +119,11 @@ CONF
   echo managed > "$PIDS/postgres.pid.note"
   local psql=("$PGBIN/psql" -h 127.0.0.1 -p "$ATELIER_PG_PORT" -U postgres -v ON_ERROR_STOP=1 -qtA)
   wait_for postgres 30 "${psql[@]}" -c "select 1"
-  "${psql[@]}" -c "do \$\$ begin if not exists (select from pg_roles where rolname='atelier') then create role atelier login password 'atelier'; end if; end \$\$;"
+  "${psql[@]}" -c "do \$\$ begin if not exists (select from pg_roles where rolname='atelier') then create role atelier login; end if; end \$\$;"
+  # Not 'atelier': Airflow masks every connection password wherever it appears, and a password
+  # that is also the product's name turned brand names and campaign ids into '***' in task logs
+  # and asset events.
+  "${psql[@]}" -c "alter role atelier password 'atelier-local-pg'"
   # CREATEDB: the test suite makes a throwaway ledger database per session.
   "${psql[@]}" -c "alter role atelier createdb"
   for db in airflow atelier; do

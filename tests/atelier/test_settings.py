@@ -101,7 +101,7 @@ def test_the_checked_in_local_env(monkeypatch):
     """The real config/local.env: the values the CLI and tests rely on."""
     monkeypatch.delenv("ATELIER_ROOT", raising=False)
     values = settings_mod._local_env()
-    assert values["ATELIER_LEDGER_DSN"] == "postgresql://atelier:atelier@127.0.0.1:55432/atelier"
+    assert values["ATELIER_LEDGER_DSN"] == "postgresql://atelier:atelier-local-pg@127.0.0.1:55432/atelier"
     assert values["AIRFLOW_HOME"] == f"{ROOT}/.state/airflow"
     assert values["PYTHONPATH"] == f"{ROOT}/include"
     conn = json.loads(values["AIRFLOW_CONN_ATELIER_S3"])

@@ -426,7 +426,7 @@ def test_no_secret_beyond_the_documented_local_defaults(compose):
     assert secret_problems(compose, header) == []
     # The check sees the credentials there are (so an empty list means something).
     env = compose["x-airflow-common"]["environment"]
-    assert "${POSTGRES_PASSWORD:-atelier}" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert "${POSTGRES_PASSWORD:-atelier-local-pg}" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 
     broken = copy.deepcopy(compose)
     env = broken["x-airflow-common"]["environment"]
