@@ -197,8 +197,8 @@ def outbox_status(as_json: bool) -> int:
     else:
         print(
             f"webhook outbox: {state.depth} pending (oldest {state.oldest_age_s:.0f}s), {state.delivered} delivered, "
+            f"{state.dead_letters} dead letter(s)" + ("; latest:" if state.dead else "")
         )
-        print(f"  {state.dead_letters} dead letter(s)" + (", latest:" if state.dead else ""))
         for d in state.dead:
             print(f"  {d['event_id']} campaign {d['campaign_id']} #{d['seq']} to {d['subscriber_url']}")
             print(f"    after {d['attempts']} attempt(s), {d['dead_at']}: {d['last_error']}")
@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-keys", type=int, default=200_000, help="Idempotency-Keys remembered at most (oldest go)")
     sv.set_defaults(func=cmd_refservice_serve)
 
-    se = sub.add_parser("statsd-exporter", help="statsd → Prometheus with the compose stack's mapping (make up runs it)")
+    se = sub.add_parser(
+        "statsd-exporter", help="statsd → Prometheus with the compose stack's mapping (make up runs it)"
+    )
     se.add_argument("--mapping", default=str(ROOT / "observability" / "statsd" / "mapping.yml"))
     se.add_argument("--statsd-host", default="127.0.0.1")
     se.add_argument("--statsd-port", type=int, default=8125)
