@@ -28,6 +28,8 @@ from atelier.airflow import tasks
 from atelier.airflow.operators import RenderShardOperator
 from atelier.airflow.params import drop_params, render_pools
 
+RUN_PRIORITY = "atelier.airflow.priority.RunPriority"  # by name: DAG files import no Airflow core
+
 DEFAULT_ARGS = {
     "retries": 3,
     "retry_delay": timedelta(seconds=10),
@@ -58,6 +60,9 @@ def catalog_drop() -> None:
             pool=pool,
             map_index_template="{{ shard_label }}",
             execution_timeout=timedelta(hours=2),
+            # high > normal > low (the run's conf): a person's drop overtakes a big or nightly one's
+            # remaining shards in the provider pool; see atelier.airflow.priority
+            weight_rule=RUN_PRIORITY,
         )
         render.expand(shard=shards) >> qa
     summary = task(tasks.finalize, trigger_rule="all_done", outlets=[tasks.campaigns_asset()])(campaign_id, qa)

@@ -1,5 +1,6 @@
-"""Registers Atelier's product API with Airflow's api-server (``/atelier``); the code lives in
-``atelier.airflow.api``."""
+"""Registers with Airflow what it must know by name: the product API mounted in the api-server at
+``/atelier`` (``atelier.airflow.api``) and the run-priority weight strategy the scheduler orders
+render shards by (``atelier.airflow.priority``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any, ClassVar
 from airflow.plugins_manager import AirflowPlugin
 
 from atelier.airflow.api import create_app
+from atelier.airflow.priority import RunPriority
 
 
 class AtelierPlugin(AirflowPlugin):
     name = "atelier"
+    priority_weight_strategies: ClassVar[list[type]] = [RunPriority]
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
         {"app": create_app(), "url_prefix": "/atelier", "name": "Atelier product API"}
     ]
