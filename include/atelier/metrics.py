@@ -8,6 +8,7 @@ this module sends is mapped."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import suppress
 from functools import cache
 from typing import Any
@@ -108,6 +109,33 @@ def provider_wait(provider: str, kind: str, seconds: float) -> None:
     """Time spent waiting for the shared rate limit (``rate``) or an in-flight slot (``in_flight``)."""
     with suppress(OSError):
         client().timing(f"provider.{provider}.wait.{kind}", seconds * 1000)
+
+
+def provider_series_seen(provider: str, breaker_state: Callable[[], str]) -> None:
+    """Sent when a worker sets up a remote provider: adds 0 to its call, retry and breaker counters
+    (so ``rate`` sees their first increment, see ``series_seen``) and reports the breaker's current
+    state from Redis (``breaker_state``), which otherwise is only sent on a transition."""
+    with suppress(OSError):
+        pipe = client().pipeline()
+        for outcome in ("ok", "http_429", "http_5xx", "timeout"):
+            pipe.incr(f"provider.{provider}.call.{outcome}", 0)
+        pipe.incr(f"provider.{provider}.retry", 0)
+        pipe.incr(f"provider.{provider}.retry_denied", 0)
+        pipe.incr(f"breaker.{provider}.closed_to_open", 0)
+        pipe.send()
+    try:
+        state = breaker_state()
+    except Exception:  # Redis down: the provider fails closed on its own; no gauge now
+        return
+    with suppress(OSError):
+        client().gauge(f"breaker.{provider}.state", BREAKER_STATE.get(state, 0))
+
+
+def provider_limit(provider: str, kind: str, value: float) -> None:
+    """The provider's configured limit (``rps``: shared requests/s, ``in_flight``: concurrent calls),
+    sent when a worker sets up its limiter: dashboards draw throughput against it."""
+    with suppress(OSError):
+        client().gauge(f"provider.{provider}.limit.{kind}", value)
 
 
 def provider_in_flight(provider: str, count: int) -> None:

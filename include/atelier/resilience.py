@@ -139,6 +139,7 @@ class RateLimiter:
     def __init__(self, provider: str, rps: float, url: str | None = None):
         self.provider = provider
         self.limit, self.window_s = rate_window(rps)
+        metrics.provider_limit(provider, "rps", rps)
         self.key = f"atelier:rate:{provider}"
         self.redis = redis_client(url)
         self.script = self.redis.register_script(_RATE)
@@ -183,6 +184,7 @@ class InFlight:
     def __init__(self, provider: str, limit: int, lease_s: float = 120.0, url: str | None = None):
         self.key = f"atelier:inflight:{provider}"
         self.provider, self.limit, self.lease_s = provider, limit, lease_s
+        metrics.provider_limit(provider, "in_flight", limit)
         self.redis = redis_client(url)
         self.script = self.redis.register_script(_ACQUIRE)
 

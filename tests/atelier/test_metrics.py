@@ -89,6 +89,8 @@ def test_every_metric_atelier_sends_is_mapped_with_bounded_labels(sent: Any) -> 
     metrics.provider_retry("refservice", denied=True)
     metrics.provider_wait("refservice", "rate", 0.02)
     metrics.provider_in_flight("refservice", 3)
+    metrics.provider_limit("refservice", "rps", 40)
+    metrics.provider_series_seen("predictions", lambda: "half_open")
     metrics.reaper_swept(Sweep({"c1": 2}, Reconciled(adopted=1), [{"run_id": "r"}], []))
     metrics.refresh_outcome("maison-demo", "rendered")
     metrics.refresh_fresh("maison-demo")
@@ -109,6 +111,7 @@ def test_every_metric_atelier_sends_is_mapped_with_bounded_labels(sent: Any) -> 
         "atelier_provider_retries_denied_total",
         "atelier_provider_wait_seconds_bucket",
         "atelier_provider_in_flight",
+        "atelier_provider_limit",
         "atelier_reaper_actions_total",
         "atelier_refreshes_total",
         "atelier_refresh_last_success_timestamp_seconds",
@@ -134,6 +137,9 @@ def test_every_metric_atelier_sends_is_mapped_with_bounded_labels(sent: Any) -> 
     duration = got[("atelier_campaign_duration_seconds_sum", frozenset(small.items()))]
     assert 7 * 60 <= duration < 8 * 60  # since registration, in seconds
     assert got[("atelier_breaker_state", frozenset({("provider", "refservice")}))] == 2
+    assert got[("atelier_breaker_state", frozenset({("provider", "predictions")}))] == 1  # as Redis has it
+    retries = frozenset({("provider", "predictions")})
+    assert got[("atelier_provider_retries_total", retries)] == 0  # exists before the first retry
     actions = {dict(k[1])["action"]: v for k, v in got.items() if k[0] == "atelier_reaper_actions_total"}
     assert actions == {
         "sweeps": 1,

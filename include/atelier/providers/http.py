@@ -136,6 +136,7 @@ class HttpProvider:
         self.in_flight = InFlight(service, self.capabilities.max_in_flight, lease_s=lease_s, url=redis)
         self.breaker = CircuitBreaker(service, BreakerConfig(**cfg.get("breaker", {})), url=redis)
         self.budget = RetryBudget(service, url=redis)
+        metrics.provider_series_seen(service, self.breaker.state)
         self.attempts = int(cfg.get("attempts", 5))
         self.poll_interval = float(cfg.get("poll_interval_s", 0.5))
         self.job_timeout = float(cfg["job_timeout_s"])
@@ -238,7 +239,8 @@ class HttpProvider:
             healthy = None
             raise
         finally:
-            metrics.provider_call(self.name, call_outcome(status, sys.exc_info()[1]))
+            # Labelled by service (as the limits and breaker are): refservice_deferred counts as refservice.
+            metrics.provider_call(self.breaker.provider, call_outcome(status, sys.exc_info()[1]))
             if healthy is not None or probe:
                 # The probe itself (not just True), so the breaker knows exactly which probe reports.
                 self.breaker.record(bool(healthy), verdict if probe else False)
