@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,14 @@ def cmd_statsd_exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dashboard_png(args: argparse.Namespace) -> int:
+    from atelier.dashpng import render
+
+    end = time.time()
+    print(render(args.dashboard, Path(args.out), args.prometheus, end - args.minutes * 60, end))
+    return EXIT_OK
+
+
 # -- entry point -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atelier", description=__doc__)
@@ -437,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--web-host", default="127.0.0.1")
     se.add_argument("--web-port", type=int, default=59102)
     se.set_defaults(func=cmd_statsd_exporter)
+
+    dp = sub.add_parser("dashboard-png", help="draw a Grafana dashboard of the repo to a PNG from Prometheus")
+    dp.add_argument("--dashboard", default="atelier-overview", help="uid: atelier-overview, atelier-provider, atelier-airflow")
+    dp.add_argument("--out", required=True)
+    dp.add_argument("--minutes", type=float, default=60, help="time range: the last N minutes")
+    dp.add_argument("--prometheus", default=os.environ.get("ATELIER_PROMETHEUS_URL", "http://127.0.0.1:59090"))
+    dp.set_defaults(func=cmd_dashboard_png)
 
     ch = sub.add_parser("chaos", help="a drop under injected faults, outage, SIGKILL and a Postgres restart")
     ch.add_argument("--skus", type=int, default=2000)
