@@ -129,7 +129,7 @@ class HttpProvider:
         self.http = netguard.client(netguard.TRUSTED, self.timeout, self.auth_headers())
         # Quotas, breaker and budget belong to the service: provider entries that reach the same
         # service (e.g. refservice and refservice_deferred) share them.
-        service = str(cfg.get("service", name))
+        service = self.service = str(cfg.get("service", name))
         redis = cfg.get("redis_url")  # where the shared limits live; default: the settings' Redis
         self.limiter = RateLimiter(service, self.capabilities.rps, url=redis) if self.capabilities.rps > 0 else None
         lease_s = float(cfg["job_timeout_s"]) + 60
@@ -240,7 +240,7 @@ class HttpProvider:
             raise
         finally:
             # Labelled by service (as the limits and breaker are): refservice_deferred counts as refservice.
-            metrics.provider_call(self.breaker.provider, call_outcome(status, sys.exc_info()[1]))
+            metrics.provider_call(self.service, call_outcome(status, sys.exc_info()[1]))
             if healthy is not None or probe:
                 # The probe itself (not just True), so the breaker knows exactly which probe reports.
                 self.breaker.record(bool(healthy), verdict if probe else False)
