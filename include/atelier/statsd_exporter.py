@@ -40,7 +40,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # statsd_exporter's own validation (pkg/mapper/mapper.go).
-_STATSD_COMPONENT = r"[a-zA-Z_](-?[a-zA-Z0-9_])*"
+_STATSD_COMPONENT = r"[a-zA-Z_](-?[a-zA-Z0-9_])+"  # 2+ characters, as every statsd_exporter release accepts
 GLOB_RE = re.compile(rf"^(\*\.|{_STATSD_COMPONENT}\.)+(\*|{_STATSD_COMPONENT})$")
 METRIC_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]+$")

@@ -185,12 +185,21 @@ airflow.triggers.running.vm:0|g""".splitlines()
 # -- statsd_exporter's line and event semantics ------------------------------------------------
 def test_counters_gauges_and_timers_follow_statsd_exporter() -> None:
     m = mapping(
-        '  - match: a.*\n    name: a_total\n    labels: {kind: "$1"}\n'
-        "  - match: x.g\n    name: g\n"
-        "  - match: x.t\n    name: t_seconds\n    histogram_options:\n      buckets: [0.5, 1, 1000000]\n"
+        '  - match: aa.*\n    name: a_total\n    labels: {kind: "$1"}\n'
+        "  - match: xx.gg\n    name: g\n"
+        "  - match: xx.tt\n    name: t_seconds\n    histogram_options:\n      buckets: [0.5, 1, 1000000]\n"
     )
     e = Exporter(m)
-    for line in ("a.x:2|c", "a.x:1|c|@0.5", "a.x:-4|c", "x.g:10|g", "x.g:+5|g", "x.g:-2|g", "x.t:250|ms:2000|ms", "x.t:0.75|h"):
+    for line in (
+        "aa.x:2|c",
+        "aa.x:1|c|@0.5",
+        "aa.x:-4|c",
+        "xx.gg:10|g",
+        "xx.gg:+5|g",
+        "xx.gg:-2|g",
+        "xx.tt:250|ms:2000|ms",
+        "xx.tt:0.75|h",
+    ):
         e.handle_line(line)
     got = mapped(e)
     assert got[("a_total", frozenset({("kind", "x")}))] == 4.0  # 2 + 1/0.5; a negative increment is refused
@@ -203,11 +212,11 @@ def test_counters_gauges_and_timers_follow_statsd_exporter() -> None:
 
 
 def test_a_second_label_set_or_type_for_one_name_is_dropped_and_counted() -> None:
-    m = mapping('  - match: a.*\n    name: same\n    labels: {kind: "$1"}\n  - match: x.b\n    name: same\n')
+    m = mapping('  - match: aa.*\n    name: same\n    labels: {kind: "$1"}\n  - match: xx.bb\n    name: same\n')
     e = Exporter(m)
-    e.handle_line("a.x:1|c")
-    e.handle_line("x.b:1|c")  # same name, no labels: statsd_exporter refuses it
-    e.handle_line("a.y:5|g")  # same name, another type
+    e.handle_line("aa.x:1|c")
+    e.handle_line("xx.bb:1|c")  # same name, no labels: statsd_exporter refuses it
+    e.handle_line("aa.y:5|g")  # same name, another type
     assert mapped(e) == {("same", frozenset({("kind", "x")})): 1.0}
     conflicts = {
         dict(k[1])["type"]: v for k, v in samples(e).items() if k[0] == "statsd_exporter_events_conflict_total"
@@ -217,10 +226,10 @@ def test_a_second_label_set_or_type_for_one_name_is_dropped_and_counted() -> Non
 
 def test_ttl_expires_a_series_nobody_refreshes() -> None:
     now = [1000.0]
-    e = Exporter(mapping('  - match: s.*\n    name: s\n    labels: {pool: "$1"}\n    ttl: 2m\n'), clock=lambda: now[0])
-    e.handle_line("s.p1:3|g")
+    e = Exporter(mapping('  - match: ss.*\n    name: s\n    labels: {pool: "$1"}\n    ttl: 2m\n'), clock=lambda: now[0])
+    e.handle_line("ss.p1:3|g")
     now[0] += 100
-    e.handle_line("s.p2:1|g")
+    e.handle_line("ss.p2:1|g")
     now[0] += 30  # p1 last seen 130 s ago (> 2m), p2 30 s ago
     assert list(mapped(e)) == [("s", frozenset({("pool", "p2")}))]
 
@@ -236,14 +245,14 @@ def test_le_is_written_as_go_writes_floats(value: float) -> None:
 @pytest.mark.parametrize(
     ("body", "defaults", "reason"),
     [
-        ("  - match: x.a\n    name: a\n", "defaults:\n  observer_type: summary\n", "observer_type 'summary'"),
-        ("  - match: x.a\n    name: a\n    match_metric_type: counter\n", None, "not implemented"),
-        ("  - match: x.a\n    name: a\n    summary_options: {}\n", None, "not implemented"),
-        ("  - match: a.*\n    name: a_$1\n", None, "captures in names"),
+        ("  - match: xx.aa\n    name: a\n", "defaults:\n  observer_type: summary\n", "observer_type 'summary'"),
+        ("  - match: xx.aa\n    name: a\n    match_metric_type: counter\n", None, "not implemented"),
+        ("  - match: xx.aa\n    name: a\n    summary_options: {}\n", None, "not implemented"),
+        ("  - match: aa.*\n    name: a_$1\n", None, "captures in names"),
         ("  - match: a*b\n    name: a\n", None, "invalid glob"),
         ('  - match: "a(?=b)"\n    match_type: regex\n    name: a\n', None, "RE2"),
-        ('  - match: a.*\n    name: a\n    labels: {kind: "$2"}\n', None, "captures 1"),
-        ("  - match: x.a\n    name: a\n    action: drop_all\n", None, "action"),
+        ('  - match: aa.*\n    name: a\n    labels: {kind: "$2"}\n', None, "captures 1"),
+        ("  - match: xx.aa\n    name: a\n    action: drop_all\n", None, "action"),
     ],
 )
 def test_a_mapping_feature_it_does_not_implement_is_refused(body: str, defaults: str | None, reason: str) -> None:
@@ -254,11 +263,18 @@ def test_a_mapping_feature_it_does_not_implement_is_refused(body: str, defaults:
             mapping(body, defaults)
 
 
+def test_a_one_character_glob_component_is_refused() -> None:
+    """Some statsd_exporter releases require 2+ characters per component: refused, so the file
+    loads in every release."""
+    with pytest.raises(MappingError, match="invalid glob"):
+        mapping("  - match: xx.a\n    name: aa\n")
+
+
 def test_a_mapping_without_the_final_catch_all_drop_is_refused() -> None:
     """statsd_exporter would export unmapped metrics under automatic names this exporter does not
     implement: the file must say what happens to them (drop)."""
     with pytest.raises(MappingError, match="last mapping must drop"):
-        Mapping.parse("defaults:\n  observer_type: histogram\nmappings:\n  - match: x.a\n    name: a\n")
+        Mapping.parse("defaults:\n  observer_type: histogram\nmappings:\n  - match: xx.aa\n    name: a\n")
 
 
 # -- the process the local stack runs ------------------------------------------------------------
