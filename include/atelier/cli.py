@@ -248,6 +248,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return print_summary(cid, run_id, state, wall)
 
 
+def event_lines(cid: str, run_id: str, brand: str) -> list[str]:
+    """Where the product learns of this campaign: its webhook events and its Asset event."""
+    from atelier import catalog, notify
+
+    cfg = settings()
+    conn = driver.open_ledger()
+    try:
+        events = notify.campaign_events(conn, cid)
+    finally:
+        conn.close()
+    subscribers = catalog.brand(brand).subscribers
+    if events:
+        hooks = "; ".join(f"{e['event_id']} {e['status']}" for e in events[:3])
+    elif subscribers:
+        hooks = "none yet"
+    else:
+        hooks = f"none: brand {brand} has no subscribers (config/brands.json)"
+    return [
+        f"  events:        webhook outbox: {hooks}  (`atelier status {cid}`)",
+        f"                 asset event: {cfg.airflow_url}/assets (atelier_campaigns; extra.campaign_id = this"
+        f" campaign), or GET /api/v2/assets/events?source_run_id={run_id}",
+    ]
+
+
 def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
     from atelier import ledger
 
@@ -277,6 +301,7 @@ def print_summary(cid: str, run_id: str, run_state: str, wall: float) -> int:
             f"  contact sheet: {camp.contact_sheet_uri}",
             f"  local copy:    {local}/  (images/, report.json, contact_sheet.html)",
         ]
+    lines += event_lines(cid, run_id, camp.brand)
     lines.append(
         f"  Airflow UI:    {cfg.airflow_url}/dags/catalog_drop  (login {cfg.airflow_user} / {cfg.airflow_password})"
     )
@@ -448,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(func=cmd_statsd_exporter)
 
     dp = sub.add_parser("dashboard-png", help="draw a Grafana dashboard of the repo to a PNG from Prometheus")
-    dp.add_argument("--dashboard", default="atelier-overview", help="uid: atelier-overview, atelier-provider, atelier-airflow")
+    dp.add_argument(
+        "--dashboard", default="atelier-overview", help="uid: atelier-overview, atelier-provider, atelier-airflow"
+    )
     dp.add_argument("--out", required=True)
     dp.add_argument("--minutes", type=float, default=60, help="time range: the last N minutes")
     dp.add_argument("--prometheus", default=os.environ.get("ATELIER_PROMETHEUS_URL", "http://127.0.0.1:59090"))
