@@ -198,3 +198,10 @@ def outbox_gauges(depth: int, oldest_age_s: float, dead_letters: int) -> None:
         client().gauge("outbox.depth", depth)
         client().gauge("outbox.oldest_age_s", round(oldest_age_s, 1))
         client().gauge("outbox.dead_letters", dead_letters)
+
+
+def deadline_missed(brand: str, priority: str, size_class: str) -> None:
+    """A catalog_drop run missed its deadline (``atelier.airflow.deadlines``): counted once per
+    run, by the brand, the run's priority and the campaign's size class."""
+    with suppress(OSError):
+        client().incr(f"deadline.{brand}.{priority}.{size_class}.missed")
