@@ -9,7 +9,7 @@ REQUIREMENTS := requirements.txt requirements-dev.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) pyproject.toml | sha256sum | cut -c1-12)
 ATELIER := $(VENV)/bin/atelier
 
-.PHONY: venv up down status demo test lint bench chaos lock clean tools
+.PHONY: venv up down status demo test lint bench chaos lock clean tools browser
 
 venv: $(STAMP)
 
@@ -52,8 +52,14 @@ $(TOOLS_STAMP) $(HCL2_STAMP): | $(UV)
 	  && $(UV) venv -q --python $(PYTHON) $$venv && VIRTUAL_ENV=$$venv $(UV) pip install -q -r $$lock \
 	  && touch $@
 
+# The Campaigns page browser test (tests/e2e/test_campaigns_ui_e2e.py) drives the machine's Chromium
+# (Debian package, no recommends); Playwright never downloads a browser of its own.
+browser:
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then s=; else s=sudo; fi; \
+	  $$s apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$s apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 # The whole suite: unit tests, integration tests on real Postgres/Redis/S3, end-to-end on real Airflow.
-test: up tools
+test: up tools browser
 	$(VENV)/bin/ruff check dags include plugins tests
 	scripts/stack.sh exec $(VENV)/bin/pytest -q tests
 

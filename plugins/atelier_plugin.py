@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
+from atelier.airflow import ui
 from atelier.airflow.api import create_app
 from atelier.airflow.priority import RunPriority
 
@@ -16,5 +17,9 @@ class AtelierPlugin(AirflowPlugin):
     name = "atelier"
     priority_weight_strategies: ClassVar[list[type]] = [RunPriority]
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
-        {"app": create_app(), "url_prefix": "/atelier", "name": "Atelier product API"}
+        {"app": create_app(), "url_prefix": "/atelier", "name": "Atelier product API"},
+        {"app": ui.create_app(), "url_prefix": ui.URL_PREFIX, "name": "Atelier campaigns page"},
     ]
+    # The Campaigns page in the Airflow UI's navigation, and a link from catalog_drop's tasks to it.
+    external_views: ClassVar[list[dict[str, Any]]] = [ui.EXTERNAL_VIEW]
+    global_operator_extra_links: ClassVar[list[Any]] = [ui.CampaignPageLink()]
