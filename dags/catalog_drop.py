@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag, task
 
-from atelier.airflow import tasks
+from atelier.airflow import deadlines, tasks
 from atelier.airflow.operators import RenderShardOperator
 from atelier.airflow.params import drop_params, render_pools
 
@@ -48,6 +48,8 @@ DEFAULT_ARGS = {
     doc_md=__doc__,
     render_template_as_native_obj=True,
     params=drop_params(),
+    # budgets by priority and size; the callback logs and counts a miss (atelier.airflow.deadlines)
+    deadline=deadlines.drop_deadlines(),
 )
 def catalog_drop() -> None:
     campaign_id = task(tasks.register)(task(tasks.validate)())
