@@ -20,9 +20,9 @@ def open_ledger() -> Any:
 
 
 def open_storage() -> Any:
-    from atelier.storage import Storage, s3_client
+    from atelier.storage import local_storage
 
-    return Storage(s3_client())
+    return local_storage()
 
 
 def upload_catalog(out: Path, base_uri: str) -> str:

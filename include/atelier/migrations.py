@@ -1,13 +1,14 @@
-"""Applies the numbered SQL files in ``sql/`` once each, in order, under an advisory lock."""
+"""Applies the numbered SQL files (package data: ``atelier/sql``, the checkout's ``sql/``) once each,
+in order, under an advisory lock."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from atelier.settings import ROOT
+from atelier.settings import PACKAGE_SQL_DIR
 
-SQL_DIR = ROOT / "sql"
+SQL_DIR = PACKAGE_SQL_DIR
 LOCK_ID = 0x41_74_65_6C  # any constant: serialises concurrent migrators
 
 

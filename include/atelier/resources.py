@@ -44,7 +44,7 @@ def local() -> Iterator[Resources]:
     """The ledger and S3 from the settings (CLI, tests, tools outside Airflow)."""
     from atelier import ledger
     from atelier.settings import settings
-    from atelier.storage import Storage, s3_client
+    from atelier.storage import local_storage
 
-    with opened(ledger.connect(settings().ledger_dsn), Storage(s3_client())) as res:
+    with opened(ledger.connect(settings().ledger_dsn), local_storage()) as res:
         yield res

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
@@ -59,6 +59,43 @@ def s3_client(cfg: Settings | None = None) -> Any:
     )
 
 
+# Server-side encryption of every object Atelier writes, from the S3 connection's extra, where the
+# amazon provider keeps per-service settings (beside S3Hook's bucket_name, transfer_config_args):
+#   {"service_config": {"s3": {"server_side_encryption":
+#       {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "<key ARN>", "BucketKeyEnabled": true}}}}
+# The names are PutObject's. SSE-C is refused: its key would have to go with every read as well.
+SSE_ALGORITHMS = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
+SSE_KMS_ARGS = frozenset({"SSEKMSKeyId", "SSEKMSEncryptionContext", "BucketKeyEnabled"})
+
+
+def sse_args(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The checked server-side encryption arguments of an S3 connection's extra ({} when it sets
+    none). Raises ValueError for an unknown argument or algorithm, or KMS arguments without KMS."""
+    s3 = ((extra or {}).get("service_config") or {}).get("s3") or {}
+    args = s3.get("server_side_encryption") or {}
+    if not isinstance(args, Mapping):
+        raise ValueError("service_config.s3.server_side_encryption must be an object of PutObject arguments")
+    unknown = sorted(set(args) - SSE_KMS_ARGS - {"ServerSideEncryption"})
+    if unknown:
+        raise ValueError(f"server_side_encryption: unsupported argument(s) {unknown} (SSE-C is not supported)")
+    if not args:
+        return {}
+    algorithm = args.get("ServerSideEncryption")
+    if algorithm not in SSE_ALGORITHMS:
+        raise ValueError(f"server_side_encryption: ServerSideEncryption must be one of {sorted(SSE_ALGORITHMS)}")
+    if not algorithm.startswith("aws:kms") and set(args) & SSE_KMS_ARGS:
+        raise ValueError(f"server_side_encryption: {sorted(set(args) & SSE_KMS_ARGS)} need an aws:kms algorithm")
+    if "BucketKeyEnabled" in args and not isinstance(args["BucketKeyEnabled"], bool):
+        raise ValueError("server_side_encryption: BucketKeyEnabled must be true or false")
+    return dict(args)
+
+
+def local_storage(cfg: Settings | None = None) -> Storage:
+    """Storage for the CLI and tests: ``s3_client``, encrypting as the S3 connection's extra says."""
+    cfg = cfg or settings()
+    return Storage(s3_client(cfg), sse_args(cfg.s3_connection_extra))
+
+
 def render_object_key(render_key: str, extension: str) -> str:
     return f"renders/{render_key[:2]}/{render_key}.{extension}"
 
@@ -75,8 +112,10 @@ def _error_code(exc: Exception) -> str:
 
 
 class Storage:
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, sse: Mapping[str, Any] | None = None):
+        """``sse``: server-side encryption arguments (``sse_args``) sent with every object written."""
         self.client = client
+        self.sse = dict(sse or {})
 
     # -- reading ------------------------------------------------------------------------------
     def open(self, uri: str) -> IO[bytes]:
@@ -197,6 +236,7 @@ class Storage:
                 IfNoneMatch="*",
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=sha_b64,
+                **self.sse,
             )
             return PutResult(True, digest.hex(), len(data))
         except Exception as exc:
@@ -213,7 +253,7 @@ class Storage:
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
         """Reports are replaced as a whole (one PUT is atomic in S3)."""
-        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, **self.sse)
         return f"s3://{bucket}/{key}"
 
     def ensure_buckets(self, names: Iterable[str]) -> None:
@@ -228,7 +268,7 @@ class Storage:
         def one(item: tuple[str, bytes | str]) -> None:
             key, body = item
             data = body if isinstance(body, bytes) else open(body, "rb").read()  # noqa: SIM115
-            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, **self.sse)
 
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
             list(pool.map(one, files))

@@ -20,8 +20,11 @@ def from_connections(ledger_conn_id: str = LEDGER_CONN_ID, aws_conn_id: str = S3
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     from atelier.resources import opened
-    from atelier.storage import Storage
+    from atelier.storage import Storage, sse_args
 
+    s3 = S3Hook(aws_conn_id=aws_conn_id)
+    # Checked before the ledger is opened: a bad encryption setting fails the task, writing nothing.
+    storage = Storage(s3.get_conn(), sse_args(s3.conn_config.extra_config))
     conn = PostgresHook(postgres_conn_id=ledger_conn_id).get_conn()
-    with opened(conn, Storage(S3Hook(aws_conn_id=aws_conn_id).get_conn())) as res:
+    with opened(conn, storage) as res:
         yield res
