@@ -27,8 +27,10 @@ atelier db migrate
 echo "airflow: metadata database migrations"
 airflow db migrate
 
-echo "airflow: pools from ${ATELIER_ROOT}/config/pools.json"
-airflow pools import "${ATELIER_ROOT}/config/pools.json"
+# pools.json is package data (or ATELIER_CONFIG_DIR's, when that directory has one).
+pools=$(python -c 'from atelier.settings import config_path; print(config_path("pools.json"))')
+echo "airflow: pools from ${pools}"
+airflow pools import "${pools}"
 
 # The connections the DAGs use come from AIRFLOW_CONN_* in the environment; fail here, before any
 # component starts, if one is missing (output discarded: it holds passwords).

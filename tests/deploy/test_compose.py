@@ -570,7 +570,8 @@ def test_airflow_init_runs_the_local_stacks_setup_steps(compose):
         "CREATE DATABASE",
         "atelier db migrate",
         "airflow db migrate",
-        'airflow pools import "${ATELIER_ROOT}/config/pools.json"',
+        'config_path("pools.json")',  # the package's pools.json (or ATELIER_CONFIG_DIR's)
+        'airflow pools import "${pools}"',
         "for conn in atelier_ledger atelier_s3",
     ]
     positions = [script.find(step) for step in steps]
