@@ -124,11 +124,11 @@ class Settings:
     inbox_bucket: str = field(default_factory=lambda: _get("ATELIER_INBOX_BUCKET", "atelier-inbox"))
     renders_bucket: str = field(default_factory=lambda: _get("ATELIER_RENDERS_BUCKET", "atelier-renders"))
     reports_bucket: str = field(default_factory=lambda: _get("ATELIER_REPORTS_BUCKET", "atelier-reports"))
-    # The extra of the S3 connection the tasks use (its server-side encryption applies to the CLI's
-    # uploads too); the connection is read from its AIRFLOW_CONN_ATELIER_S3 variable, JSON or URI.
-    s3_connection_extra: dict[str, Any] = field(
-        default_factory=lambda: connection_extra(_get("AIRFLOW_CONN_ATELIER_S3"))
-    )
+
+    def s3_connection_extra(self) -> dict[str, Any]:
+        """The extra of the S3 connection the tasks use (its server-side encryption applies to the
+        CLI's writes too), from its ``AIRFLOW_CONN_ATELIER_S3`` variable; read only when asked for."""
+        return connection_extra(_get("AIRFLOW_CONN_ATELIER_S3"))
 
     def aws_env(self) -> dict[str, str]:
         """Credentials for the S3 client; from the environment, else the local stack's."""

@@ -93,7 +93,7 @@ def sse_args(extra: Mapping[str, Any] | None) -> dict[str, Any]:
 def local_storage(cfg: Settings | None = None) -> Storage:
     """Storage for the CLI and tests: ``s3_client``, encrypting as the S3 connection's extra says."""
     cfg = cfg or settings()
-    return Storage(s3_client(cfg), sse_args(cfg.s3_connection_extra))
+    return Storage(s3_client(cfg), sse_args(cfg.s3_connection_extra()))
 
 
 def render_object_key(render_key: str, extension: str) -> str:

@@ -108,14 +108,9 @@ def test_task_writes_carry_the_connections_server_side_encryption(
 def test_cli_uploads_encrypt_as_the_s3_connection_says(monkeypatch: pytest.MonkeyPatch, bucket: str, storage: Storage):
     """Outside Airflow (CLI, samples) the same connection variable decides: one source of truth."""
     from atelier import driver
-    from atelier import settings as settings_mod
 
     monkeypatch.setenv("AIRFLOW_CONN_ATELIER_S3", s3_connection({"ServerSideEncryption": "AES256"}))
-    settings_mod.settings.cache_clear()
-    try:
-        driver.open_storage().upload_tree([("inbox/m.csv", b"sku\n")], bucket)
-    finally:
-        settings_mod.settings.cache_clear()
+    driver.open_storage().upload_tree([("inbox/m.csv", b"sku\n")], bucket)
     assert encryption(storage, bucket, "inbox/m.csv") == ("AES256", None, None)
 
 
