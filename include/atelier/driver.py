@@ -91,6 +91,7 @@ def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, time
     """Polls the run and shows ledger progress until the run ends; returns the run's state. Rides
     out a database or api-server restart (it reconnects and keeps watching)."""
     import psycopg
+    import urllib3
     from airflow_client.client import ApiException
 
     from atelier import ledger
@@ -118,7 +119,8 @@ def wait_for_run(af: Any, run_id: str, campaign_id: str, show: bool = True, time
                     elif line != last:
                         print(line, file=sys.stderr, flush=True)
                     last = line
-            except (psycopg.OperationalError, ConnectionError, OSError) as exc:
+            # urllib3's MaxRetryError: the api-server is restarting (connection refused)
+            except (psycopg.OperationalError, ConnectionError, OSError, urllib3.exceptions.HTTPError) as exc:
                 if conn is not None:
                     conn.close()
                 conn = None
