@@ -62,20 +62,10 @@ class Logger:
             wrapper_class=structlog.stdlib.BoundLogger,
         )
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self._backend().debug(event, **fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._backend().info(event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._backend().warning(event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._backend().error(event, **fields)
-
-    def exception(self, event: str, **fields: Any) -> None:
-        self._backend().error(event, exc_info=True, **fields)
+    def __getattr__(self, method: str) -> Any:
+        # the backend's own method, called from the caller's frame: callsite fields (filename,
+        # lineno) name the caller, not this module
+        return getattr(self._backend(), method)
 
 
 def get(name: str = "atelier") -> Logger:

@@ -123,6 +123,23 @@ def _when(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def _duration(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min" if s % 60 == 0 else f"{s} s"
+
+
+RUN_PREFIXES = ("drop__", "redrive__")
+
+
+def campaign_of_run(run_id: str) -> str | None:
+    """The campaign id a run id names (``drop__<id>``, ``redrive__<id>__<n>``), else None."""
+    for prefix in RUN_PREFIXES:
+        if run_id.startswith(prefix):
+            rest = run_id[len(prefix) :]
+            return rest.rsplit("__", 1)[0] if prefix == "redrive__" else rest
+    return None
+
+
 @dataclass(frozen=True)
 class Campaign:
     campaign_id: str
@@ -181,7 +198,7 @@ def handle(
         camp = None
     actual = metrics.size_class(camp.render_count) if camp and camp.render_count is not None else None
     if (actual or "small") != size_class:
-        log.debug("deadline.other_size", run_id=run_id, size_class=size_class, campaign_size=actual)
+        log.info("deadline.other_size", run_id=run_id, size_class=size_class, campaign_size=actual)
         return {"missed": False, "reason": f"campaign is {actual}, not {size_class}"}
     priority = priority_of(conf)
     brand = camp.brand if camp else str(conf.get("brand") or "unknown")
@@ -189,7 +206,8 @@ def handle(
     queued = _when(run.get("queued_at"))
     late_by = (datetime.now(UTC) - deadline_time).total_seconds() if deadline_time else None
     fields = {
-        "campaign_id": camp.campaign_id if camp else None,
+        # before register ran, the run id names it (atelier trigger, the product API, re-drives)
+        "campaign_id": camp.campaign_id if camp else campaign_of_run(run_id),
         "brand": brand,
         "run_id": run_id,
         "priority": priority,
@@ -204,7 +222,7 @@ def handle(
     with logs.bound(campaign_id=fields["campaign_id"], brand=brand):
         log.warning(
             f"deadline.missed: {priority} drop {fields['campaign_id'] or run_id} not finished "
-            f"{fields['budget_s'] // 60} min after it was queued",
+            f"{_duration(allowed)} after it was queued",
             **{k: v for k, v in fields.items() if k not in ("campaign_id", "brand")},
         )
     count(brand, priority, actual or "small")
