@@ -85,6 +85,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
 
     dags = work / "elsewhere" / "dags"
     shutil.copytree(CHECKOUT / "dags", dags, ignore=ignore)
+    plugins = work / "elsewhere" / "plugins"
+    shutil.copytree(CHECKOUT / "plugins", plugins, ignore=ignore)
     home = work / "home"
     home.mkdir()
     env = {
@@ -93,6 +95,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         "LANG": "C.UTF-8",
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
     env |= {name: os.environ.get(name) or settings_mod._get(name) for name in PASSED_ON}
@@ -133,7 +136,7 @@ def test_the_wheel_carries_the_configuration_and_migrations_but_no_local_setting
     assert {dist_name(r) for r in metadata.get_all("Requires-Dist")} == declared
 
 
-def test_the_dags_parse_from_another_folder_with_only_the_installed_package(installed):
+def test_the_dags_and_plugin_load_from_other_folders_with_only_the_installed_package(installed):
     code = """
 import json, os, sys
 import atelier
@@ -141,12 +144,15 @@ from atelier import settings
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 from atelier import catalog
+from airflow import plugins_manager
+plugins = [p["name"] for p in plugins_manager.get_plugin_info()]
+strategies = sorted(plugins_manager.get_priority_weight_strategy_plugins())
 print(json.dumps({
     "atelier": atelier.__file__, "sys_path": sys.path, "cwd": os.getcwd(),
     "checkout": settings._checkout(), "local_env": settings._local_env(),
     "config": str(settings.config_path("brands.json")), "sql": str(settings.PACKAGE_SQL_DIR),
     "errors": {k: str(v) for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids),
-    "refreshed": catalog.refreshed_brands(),
+    "refreshed": catalog.refreshed_brands(), "plugins": plugins, "strategies": strategies,
 }))
 """
     got = in_venv(installed, code)
@@ -157,6 +163,8 @@ print(json.dumps({
     assert got["checkout"] is None and got["local_env"] == {}
     assert got["config"].startswith(site) and got["sql"].startswith(site)
     assert got["errors"] == {}
+    # plugins/atelier_plugin.py from a plugins folder of its own: the run priority weight strategy
+    assert "atelier" in got["plugins"] and "atelier.airflow.priority.RunPriority" in got["strategies"]
     assert got["refreshed"]  # the packaged brands.json has brands with a nightly refresh
     expected = {"catalog_drop", "atelier_reaper", "atelier_notify", "campaign_published"}
     expected |= {f"catalog_refresh__{slug}" for slug in got["refreshed"]}
