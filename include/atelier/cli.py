@@ -206,6 +206,23 @@ def outbox_status(as_json: bool) -> int:
     return EXIT_INVALID if state.dead_letters else EXIT_OK
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from atelier import trace
+
+    conn = driver.open_ledger()
+    try:
+        airflow = None if args.no_airflow else trace.connect_airflow()
+        prom = None if args.no_metrics else trace.connect_prometheus()
+        try:
+            story = trace.gather(args.id, conn, airflow, prom)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from None
+    finally:
+        conn.close()
+    print(json.dumps(story, default=str, indent=1) if args.json else trace.to_text(story))
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.id is None:
         return outbox_status(args.json)
@@ -438,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("id", nargs="?", help="campaign id (or prefix) or Airflow run id")
     s2.add_argument("--json", action="store_true")
     s2.set_defaults(func=cmd_status)
+    tr = sub.add_parser("trace", help="one campaign's story: ledger, Airflow runs and task log lines, metrics")
+    tr.add_argument("id", help="campaign id (or prefix) or Airflow run id")
+    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--no-airflow", action="store_true", help="ledger (and metrics) only")
+    tr.add_argument("--no-metrics", action="store_true", help="skip Prometheus")
+    tr.set_defaults(func=cmd_trace)
 
     d = sub.add_parser("demo", help="run a sample drop end to end on the local stack")
     d.add_argument("--skus", type=int, default=200)
@@ -512,8 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from atelier import logs
     from atelier.manifest import ManifestError
 
+    logs.configure(os.environ.get("ATELIER_LOG_LEVEL", "WARNING"))  # JSON lines on stderr
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
