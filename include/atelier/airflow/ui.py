@@ -41,7 +41,9 @@ from atelier.airflow.api import DROP_DAG, _core, _token
 URL_PREFIX = "/atelier-ui"  # where the plugin mounts this app in the api-server
 URL_ROUTE = "campaigns"  # the Airflow UI route of the nav entry: /plugin/campaigns
 PAGE_SIZE = 48  # thumbnails per page
+THUMB_MIN_SIDE = 200  # px: outputs smaller than this look blurred in a tile
 LIST_LIMIT = 100  # campaigns on the list page
+RUNS_LOOKED_UP = 200  # catalog_drop's newest runs whose Airflow state the list shows
 FAILED_SHOWN = 5000  # failed renders read for grouping (the heading counts them all)
 EXAMPLES_PER_REASON = 8
 FINISHED = ("complete", "partial", "failed", "rejected")
@@ -192,8 +194,8 @@ def campaign_of_run(conn: Any, run_id: str) -> str | None:
 
 
 def thumbnails(conn: Any, campaign_id: str, page: int) -> tuple[list[dict[str, Any]], int]:
-    """One tile per SKU that has an output (its smallest spec), in manifest order: (tiles of the
-    page, how many SKUs have one)."""
+    """One tile per SKU that has an output, in manifest order: (tiles of the page, how many SKUs have
+    one). A tile shows the SKU's smallest output that is still sharp at tile size (else its largest)."""
     base = """FROM skus s JOIN renders r ON r.campaign_id = s.campaign_id AND r.sku = s.sku
               JOIN outputs o ON o.render_key = COALESCE(r.output_render_key, r.render_key)
               WHERE s.campaign_id = %s AND r.state IN ('succeeded', 'skipped')"""
@@ -202,8 +204,10 @@ def thumbnails(conn: Any, campaign_id: str, page: int) -> tuple[list[dict[str, A
         total = cur.fetchone()[0]
         cur.execute(
             f"""SELECT DISTINCT ON (s.row_no) s.sku, s.title, r.spec, r.state = 'skipped' AS reused, o.width, o.height
-                {base} ORDER BY s.row_no, o.width * o.height, r.spec LIMIT %s OFFSET %s""",
-            (campaign_id, PAGE_SIZE, PAGE_SIZE * page),
+                {base} ORDER BY s.row_no, LEAST(o.width, o.height) >= %s DESC,
+                  CASE WHEN LEAST(o.width, o.height) >= %s THEN o.width * o.height ELSE -o.width * o.height END,
+                  r.spec LIMIT %s OFFSET %s""",
+            (campaign_id, THUMB_MIN_SIDE, THUMB_MIN_SIDE, PAGE_SIZE, PAGE_SIZE * page),
         )
         tiles = _rows(cur)
     conn.rollback()
@@ -300,7 +304,7 @@ def _templates() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["pct"] = lambda v: "—" if v is None else f"{v:.1%}"
-    env.filters["when"] = lambda v: datetime.fromisoformat(v).strftime("%Y-%m-%d %H:%M:%S") if v else "—"
+    env.filters["when"] = lambda v: datetime.fromisoformat(v).strftime("%b %d, %H:%M:%S") if v else "—"
     env.filters["q"] = lambda v: quote(str(v), safe="")
     env.filters["tojson_attr"] = lambda v: json.dumps(v)
     return env
@@ -398,8 +402,10 @@ def create_app(
                 cur.execute("SELECT DISTINCT brand FROM campaigns ORDER BY 1")
                 brands = [r[0] for r in cur.fetchall()]
             conn.rollback()
+        states = _run_states(request, None)
         for v in views:
             v["duration"] = _duration(v)
+            v["run_state"] = states.get(v["run_id"])
         return render(
             request, "campaigns.html.j2", campaigns=views, brands=brands, brand=brand or "", state=state or ""
         )
@@ -411,6 +417,7 @@ def create_app(
             tiles, with_output = thumbnails(conn, campaign_id, page)
             groups, failed = failures_by_reason(conn, campaign_id)
         v["duration"] = _duration(v)
+        v["run_state"] = _run_states(request, v["run_id"]).get(v["run_id"])
         actions = [{k: a[k] for k in ("id", "label", "help", "method")} for a in ACTIONS if a["applies"](v)]
         return render(
             request,
@@ -543,6 +550,22 @@ def create_app(
         return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
     return app
+
+
+def _run_states(request: Request, run_id: str | None) -> dict[str, str]:
+    """Airflow's state of one run (``run_id``) or of catalog_drop's newest runs, read with the
+    caller's token; empty when Airflow does not answer (the page shows the ledger's view alone)."""
+    try:
+        with _core(request) as core:
+            if run_id:
+                resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{quote(run_id, safe='')}", timeout=5)
+                return {run_id: resp.json()["state"]} if resp.status_code == 200 else {}
+            resp = core.get(f"/dags/{DROP_DAG}/dagRuns", params={"limit": RUNS_LOOKED_UP, "order_by": "-id"}, timeout=5)
+            if resp.status_code != 200:
+                return {}
+            return {r["dag_run_id"]: r["state"] for r in resp.json()["dag_runs"]}
+    except Exception:  # a missing run state never breaks the page
+        return {}
 
 
 def _conf_of(campaign_id: str, connect: Callable[[], Any]) -> dict[str, Any]:
