@@ -124,7 +124,10 @@ def test_the_wheel_carries_the_configuration_and_migrations_but_no_local_setting
     assert {n for n in names if n.startswith("atelier/sql/")} == {
         f"atelier/sql/{p.name}" for p in (CHECKOUT / "sql").glob("*.sql")
     }
-    assert "atelier/templates/contact_sheet.html.j2" in names
+    templates = CHECKOUT / "include" / "atelier" / "templates"
+    assert {n for n in names if n.startswith("atelier/templates/")} == {
+        f"atelier/templates/{p.relative_to(templates)}" for p in templates.rglob("*") if p.is_file()
+    }
     leaked = [n for n in names if n.rsplit("/", 1)[-1] in {"local.env", "supervisord.conf", "buckets.txt"}]
     assert leaked == []
     # Its dependencies are requirements.in's, so `pip install <wheel> -c requirements.txt` works.
