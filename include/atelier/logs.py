@@ -42,6 +42,8 @@ def _stdlib_fields(ed: Mapping[str, Any]) -> str:
 
 def _fallback_render(_logger: Any, _method: str, ed: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     exc_info = ed.pop("exc_info", None)
+    if args := ed.pop("positional_args", None):  # log.info("shard %s done", n), as stdlib would
+        ed["event"] = str(ed["event"]) % args
     return (_stdlib_fields(ed),), {"exc_info": exc_info} if exc_info else {}
 
 

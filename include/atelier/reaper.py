@@ -3,16 +3,15 @@ and re-drive campaigns that stalled with work left (a new run of the same campai
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from atelier import ledger
+from atelier import ledger, logs
 from atelier.catalog import OutputSpec
 from atelier.storage import Storage, render_object_key
 
-log = logging.getLogger("atelier.reaper")
+log = logs.get("atelier.reaper")
 IDLE_S = 300  # a campaign whose renders nobody touched for this long has stalled
 MAX_REDRIVES = 3  # after this many re-drives (since its last reopen) a stalled campaign is failed
 FINISHED = ("complete", "partial", "failed")
@@ -154,7 +153,13 @@ def _adopt(conn: Any, storage: Storage, cid: str, sku: str, spec: OutputSpec, rk
     head = storage.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     meta = head.get("Metadata", {})
     if meta.get("render-key") != rk:
-        log.error("s3://%s/%s has render-key %r, expected %s: not adopted", bucket, key, meta.get("render-key"), rk)
+        log.error(
+            f"s3://{bucket}/{key} has render-key {meta.get('render-key')!r}, expected {rk}: not adopted",
+            campaign_id=cid,
+            sku=sku,
+            spec=spec.name,
+            render_key=rk,
+        )
         return False
     out = ledger.Output.from_head(bucket, key, head, spec, meta.get("served-by"))
     return ledger.record_adopted(conn, cid, sku, spec.name, rk, out)
@@ -228,7 +233,11 @@ def redrive_or_give_up(
         )
         given_up = sorted(r[0] for r in cur.fetchall())
         for cid in given_up:
-            log.error("campaign %s stalled after %s re-drives: marked failed", cid, max_redrives)
+            log.error(
+                f"campaign {cid} stalled after {max_redrives} re-drives: marked failed",
+                campaign_id=cid,
+                action="given_up",
+            )
         # A reopened campaign that was finalized is planned again: its re-drive renders and finalizes it.
         cur.execute(
             f"""UPDATE campaigns c SET redrives = c.redrives + 1,

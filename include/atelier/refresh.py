@@ -23,18 +23,17 @@ by the next run, which simply finds the snapshot not yet processed.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from atelier import catalog
+from atelier import catalog, logs
 from atelier.manifest import ManifestError, Report, Row, detect_format, iter_rows
 from atelier.resources import Resources
 from atelier.storage import split_s3
 
-log = logging.getLogger("atelier")
+log = logs.get("atelier.refresh")
 
 FINAL = ("empty", "planned")  # a night in one of these states is done: re-running it changes nothing
 SNAPSHOT_SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -210,6 +209,7 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
 
     night = night.isoformat() if isinstance(night, date) else date.fromisoformat(night).isoformat()
     brand = catalog.brand(brand_slug)
+    logs.bind(brand=brand.slug, night=night)
     if brand.refresh is None:
         raise RefreshError(f"brand {brand_slug} has no nightly refresh (timezone, refresh_at, catalog_feed)")
     done = _night_row(res.conn, brand.slug, night)
@@ -290,7 +290,7 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
         _apply(cur, brand.slug, night, rows, fps, removed)
         _record(cur, out, snap)
     res.conn.commit()
-    log.info("refresh %s %s: %s", brand.slug, night, out.message)
+    log.info(f"refresh {brand.slug} {night}: {out.message}", state=out.state, campaign_id=out.campaign_id)
     return out
 
 
@@ -299,5 +299,10 @@ def _close(res: Resources, out: Outcome, snap: Snapshot | None, error: str | Non
     with res.conn.cursor() as cur:
         _record(cur, out, snap, error)
     res.conn.commit()
-    log.info("refresh %s %s: %s", out.brand, out.night, out.message or out.state)
+    log.info(
+        f"refresh {out.brand} {out.night}: {out.message or out.state}",
+        state=out.state,
+        brand=out.brand,
+        night=out.night,
+    )
     return out

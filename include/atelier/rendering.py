@@ -7,7 +7,6 @@ shards submit a batch of provider jobs, wait in the triggerer, and record on res
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections import defaultdict
@@ -17,7 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atelier import catalog, ledger, metrics, providers
+from atelier import catalog, ledger, logs, metrics, providers
 from atelier.catalog import OutputSpec
 from atelier.images import BadImage, check_output
 from atelier.providers import Provider, get_provider
@@ -26,7 +25,7 @@ from atelier.resources import Resources
 from atelier.settings import settings
 from atelier.storage import Storage, StorageError, render_object_key
 
-log = logging.getLogger("atelier")
+log = logs.get("atelier.rendering")
 UNAVAILABLE_WAIT_S = 600  # how long a shard waits for some provider of its chain to come back
 
 
@@ -191,7 +190,11 @@ def record(
             with res.lock:
                 ledger.release_one(res.conn, campaign_id, c, owner)
             tally["unavailable"] += 1
-            log.warning("render deferred campaign=%s sku=%s spec=%s: %s", campaign_id, c.sku, c.spec, r.unavailable)
+            log.warning(
+                f"render deferred: {c.sku} × {c.spec}: {r.unavailable}",
+                **_render_fields(campaign_id, c),
+                reason=r.unavailable,
+            )
             continue
         served_by = r.served_by or primary
         output_key = ctx.keys(c)(served_by)
@@ -216,7 +219,12 @@ def record(
                 continue
             metrics.render_outcome(r.served_by or primary, ctx.brand.slug, c.spec, "failed")
             tally["failed"] += 1
-            log.warning("render failed campaign=%s sku=%s spec=%s reason=%s", campaign_id, c.sku, c.spec, failure)
+            log.warning(
+                f"render failed: {c.sku} × {c.spec}: {failure}",
+                **_render_fields(campaign_id, c),
+                provider=r.served_by or primary,
+                reason=failure,
+            )
             continue
         key = render_object_key(output_key, spec.extension)
         put = res.storage.put_once(
@@ -246,11 +254,16 @@ def record(
         tally["fallback"] += int(served_by != primary)
 
 
+def _render_fields(campaign_id: str, c: ledger.Claimed) -> dict[str, Any]:
+    """The structured fields of one render's log line (atelier.logs)."""
+    return {"campaign_id": campaign_id, "sku": c.sku, "spec": c.spec, "render_key": c.render_key, "attempt": c.attempts}
+
+
 def _counted(ok: bool, tally: dict[str, int], campaign_id: str, c: ledger.Claimed) -> bool:
     if not ok:
         tally["lease_lost"] += 1
         log.warning(
-            "lease lost campaign=%s sku=%s spec=%s: another worker owns it; not counted", campaign_id, c.sku, c.spec
+            f"lease lost: {c.sku} × {c.spec}: another worker owns it; not counted", **_render_fields(campaign_id, c)
         )
     return ok
 
@@ -294,6 +307,8 @@ def render_shard(
     the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
     S3) cancels the shard's queued work, releases the claims and raises so the task is retried."""
     ctx = shard_context(res, campaign_id)
+    # every line of this task (Airflow's too) names the shard; a task process runs one shard
+    logs.bind(campaign_id=campaign_id, shard=shard, provider=ctx.chain[0].name, brand=ctx.brand.slug)
     claimed = ledger.claim(res.conn, campaign_id, shard, owner, lease_s)
     by_sku: dict[str, list[ledger.Claimed]] = defaultdict(list)
     for c in claimed:
@@ -322,7 +337,7 @@ def render_shard(
 
 
 def finish_tally(campaign_id: str, shard: int, tally: dict[str, int]) -> dict[str, int]:
-    log.info("shard %s of %s done: %s", shard, campaign_id, json.dumps(tally))
+    log.info(f"shard {shard} of {campaign_id} done: {json.dumps(tally)}", campaign_id=campaign_id, shard=shard, **tally)
     if tally["unavailable"]:
         raise TransientError(f"{tally['unavailable']} renders found no available provider; they are pending again")
     return tally
