@@ -5,8 +5,10 @@ Turns one brand's **catalog drop** (a manifest of SKUs with packshots) into gene
 
 **Steps:** validate the manifest → register the campaign (idempotent) → plan (dedup against every
 render already made, split into shards) → render the shards as mapped tasks in the provider's pool
-→ quality check (Great Expectations over the ledger, every object present in S3) → finalize
-(complete / partial / failed, report + contact sheet in S3, webhooks to the brand's subscribers,
+→ quality check (Great Expectations over the ledger, every object present in S3) → review →
+approval (only for brands with `approval: required`: a person approves or rejects, see the task's
+*Required actions*) → finalize
+(complete / partial / failed / rejected, report + contact sheet in S3, webhooks to the brand's subscribers,
 an event of the `atelier_campaigns` asset) → outcome (fails the run when the campaign failed).
 
 **Trigger it** from this form, from the REST API (`POST /api/v2/dags/catalog_drop/dagRuns`) or with
@@ -25,6 +27,7 @@ from datetime import timedelta
 from airflow.sdk import dag, task
 
 from atelier.airflow import deadlines, tasks
+from atelier.airflow.approval import CampaignApprovalOperator
 from atelier.airflow.operators import RenderShardOperator
 from atelier.airflow.params import drop_params, render_pools
 
@@ -67,7 +70,11 @@ def catalog_drop() -> None:
             weight_rule=RUN_PRIORITY,
         )
         render.expand(shard=shards) >> qa
-    summary = task(tasks.finalize, trigger_rule="all_done", outlets=[tasks.campaigns_asset()])(campaign_id, qa)
+    review = task(tasks.review)(campaign_id, qa)
+    approval = CampaignApprovalOperator(task_id="approval")  # skipped unless the brand asks for it
+    review >> approval
+    finalize = task(tasks.finalize, trigger_rule="all_done", outlets=[tasks.campaigns_asset()])
+    summary = finalize(campaign_id, qa, review, approval.output)
     task(tasks.outcome)(summary)
 
 

@@ -237,21 +237,80 @@ def summarize(camp: ledger.Campaign, rows: list[dict[str, Any]], qa: dict[str, A
     }
 
 
+NO_DECISION = {"approved": False, "reason": "approval did not complete", "by": None, "at": None}
+
+
+def apply_decision(summary: dict[str, Any], decision: dict[str, Any] | None, required: bool) -> dict[str, Any]:
+    """A reviewer's decision: approved keeps complete/partial, rejected makes it ``rejected``. Where
+    the brand requires approval and no decision came (the approval step failed or never ran), the
+    campaign is rejected: it is never complete without one. A failed campaign is never put to a
+    reviewer and stays failed."""
+    if summary["state"] not in ("complete", "partial") or (decision is None and not required):
+        return summary
+    decision = decision if decision is not None else NO_DECISION
+    approved = decision.get("approved") is True
+    return {**summary, "state": summary["state"] if approved else "rejected", "approval": decision}
+
+
+def review(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+    """What a reviewer decides on, before the campaign is marked: the provisional outcome, the QA
+    rate, failed renders grouped by reason, and the contact sheet (written now; finalize replaces
+    it). ``approval_required``: the brand asks for approval and there is something to approve."""
+    camp = ledger.campaign(res.conn, campaign_id)
+    rows = list(ledger.results(res.conn, campaign_id))
+    qa = qa or {"success": False, "success_ratio": 0.0, "missing_objects": None, "note": "quality check did not run"}
+    summary = summarize(camp, rows, qa)
+    brand = catalog.brand(camp.brand)
+    reasons: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r["state"] == "failed":
+            reasons[(r["error"] or "unknown")[:160]] += 1
+    sheet_uri = _write_sheet(res, camp, {**summary, "state": "awaiting approval"}, rows)
+    return {
+        "campaign_id": campaign_id,
+        "brand": camp.brand,
+        "drop_id": camp.drop_id,
+        "provisional_state": summary["state"],
+        "counts": summary["counts"],
+        "qa_success_ratio": qa.get("success_ratio"),
+        "failed_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:20]),
+        "contact_sheet_uri": sheet_uri,
+        "approval_required": brand.approval is not None and summary["state"] in ("complete", "partial"),
+        "timeout_minutes": brand.approval.timeout_minutes if brand.approval else None,
+        "on_timeout": brand.approval.on_timeout if brand.approval else None,
+    }
+
+
+def _write_sheet(res: Resources, camp: ledger.Campaign, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    from atelier.report import contact_sheet
+
+    def read(b: str, k: str) -> bytes:
+        return res.storage.client.get_object(Bucket=b, Key=k)["Body"].read()
+
+    sheet = contact_sheet(camp, summary, rows, read)
+    key = f"campaigns/{camp.campaign_id}/contact_sheet.html"
+    return res.storage.put(settings().reports_bucket, key, sheet.encode(), "text/html; charset=utf-8")
+
+
 def finalize(
-    res: Resources, campaign_id: str, qa: dict[str, Any] | None, secrets: notify.SecretLookup | None = None
+    res: Resources,
+    campaign_id: str,
+    qa: dict[str, Any] | None,
+    secrets: notify.SecretLookup | None = None,
+    decision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Decides complete / partial / failed from exact counts and the QA result, writes the report
     and contact sheet to S3 and records the outcome in the ledger, with the brand's webhook events in
     the same transaction; then tries to deliver them at once (best effort, bounded: what is not
     delivered stays in the outbox for the ``atelier_notify`` DAG). ``secrets`` looks up signing
     secrets (default: ``AIRFLOW_CONN_*`` from the environment)."""
-    from atelier.report import contact_sheet
 
     camp = ledger.campaign(res.conn, campaign_id)
     logs.bind(campaign_id=campaign_id, brand=camp.brand)
     rows = list(ledger.results(res.conn, campaign_id))
     qa = qa or {"success": False, "success_ratio": 0.0, "missing_objects": None, "note": "quality check did not run"}
-    summary = summarize(camp, rows, qa)
+    required = catalog.brand(camp.brand).approval is not None
+    summary = apply_decision(summarize(camp, rows, qa), decision, required)
     bucket, prefix = settings().reports_bucket, f"campaigns/{campaign_id}"
     report = {
         **summary,
@@ -280,18 +339,21 @@ def finalize(
     report_uri = res.storage.put(
         bucket, f"{prefix}/report.json", json.dumps(report, indent=1, default=str).encode(), "application/json"
     )
-
-    def read(b: str, k: str) -> bytes:
-        return res.storage.client.get_object(Bucket=b, Key=k)["Body"].read()
-
-    sheet = contact_sheet(camp, summary, rows, read)
-    sheet_uri = res.storage.put(bucket, f"{prefix}/contact_sheet.html", sheet.encode(), "text/html; charset=utf-8")
+    sheet_uri = _write_sheet(res, camp, summary, rows)
     subscribers = catalog.brand(camp.brand).subscribers
     outcome = notify.Outcome(
         campaign_id, camp.brand, camp.drop_id, summary["state"], summary["counts"], report_uri, sheet_uri, subscribers
     )
     ledger.finish_campaign(
-        res.conn, campaign_id, summary["state"], summary["counts"], qa, report_uri, sheet_uri, outcome=outcome
+        res.conn,
+        campaign_id,
+        summary["state"],
+        summary["counts"],
+        qa,
+        report_uri,
+        sheet_uri,
+        outcome=outcome,
+        approval=summary.get("approval"),
     )
     metrics.campaign_finished(camp, summary)
     if subscribers:

@@ -50,6 +50,17 @@ class Brand:
     inbox: tuple[str, ...] = ()
     refresh: Refresh | None = None  # the nightly catalog refresh; None: the brand is not refreshed
     subscribers: tuple[Subscriber, ...] = ()  # who is told when a campaign of the brand ends
+    approval: Approval | None = None  # a person approves each campaign before it is complete
+
+
+@dataclass(frozen=True)
+class Approval:
+    """``"approval": "required"`` in brands.json: after the quality gate a reviewer approves the
+    campaign or rejects it with a reason. Nobody answering within ``timeout_minutes`` decides
+    ``on_timeout`` (``reject`` by default, with the reason "approval timed out")."""
+
+    timeout_minutes: int = 24 * 60
+    on_timeout: str = "reject"
 
 
 @dataclass(frozen=True)
@@ -135,6 +146,19 @@ def _subscribers(slug: str, merged: dict[str, Any]) -> tuple[Subscriber, ...]:
     return tuple(subs)
 
 
+def _approval(slug: str, merged: dict[str, Any]) -> Approval | None:
+    mode = merged.get("approval", "none")
+    if mode not in ("required", "none"):
+        raise ConfigError(f"brands.json: {slug}: approval {mode!r} must be 'required' or 'none'")
+    timeout = merged.get("approval_timeout_minutes", Approval.timeout_minutes)
+    on_timeout = merged.get("approval_on_timeout", Approval.on_timeout)
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 30 * 24 * 60:
+        raise ConfigError(f"brands.json: {slug}: approval_timeout_minutes {timeout!r} must be 1..43200")
+    if on_timeout not in ("reject", "approve"):
+        raise ConfigError(f"brands.json: {slug}: approval_on_timeout {on_timeout!r} must be 'reject' or 'approve'")
+    return Approval(timeout_minutes=timeout, on_timeout=on_timeout) if mode == "required" else None
+
+
 def refreshed_brands() -> list[str]:
     """The brands with a nightly refresh configured (the refresh DAG file makes one DAG each)."""
     brands: dict[str, Any] = load_config("brands.json")
@@ -214,6 +238,7 @@ def brand(slug: str) -> Brand:
         inbox=tuple(f"s3://{bucket}/{prefix}" for bucket, prefix in inbox),
         refresh=_refresh(slug, merged, inbox),
         subscribers=_subscribers(slug, merged),
+        approval=_approval(slug, merged),
     )
 
 

@@ -102,6 +102,7 @@ class Campaign:
     last_run_id: str | None = None
     reopened_at: datetime | None = None
     redrives_at_reopen: int = 0
+    approval: dict[str, Any] | None = None  # the reviewer's decision, for brands that require one
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Campaign:
@@ -576,6 +577,7 @@ def finish_campaign(
     report_uri: str | None,
     contact_sheet_uri: str | None,
     outcome: Any = None,
+    approval: dict[str, Any] | None = None,
 ) -> None:
     """Records the campaign's outcome. ``outcome`` (an ``atelier.notify.Outcome``): its webhook
     events are written to the outbox in this same transaction, so the state change and the events
@@ -584,8 +586,16 @@ def finish_campaign(
         with conn.cursor() as cur:
             cur.execute(
                 """UPDATE campaigns SET state = %s, counts = %s, qa = %s, report_uri = %s, contact_sheet_uri = %s,
-                     finished_at = now(), updated_at = now() WHERE campaign_id = %s""",
-                (state, json.dumps(counts), json.dumps(qa), report_uri, contact_sheet_uri, campaign_id),
+                     approval = %s, finished_at = now(), updated_at = now() WHERE campaign_id = %s""",
+                (
+                    state,
+                    json.dumps(counts),
+                    json.dumps(qa),
+                    report_uri,
+                    contact_sheet_uri,
+                    json.dumps(approval) if approval is not None else None,
+                    campaign_id,
+                ),
             )
             if outcome is not None:  # after the UPDATE: its row lock serialises two finalizes
                 from atelier import notify

@@ -81,15 +81,29 @@ def campaigns_asset() -> Any:
 EVENT_FIELDS = ("campaign_id", "brand", "drop_id", "state", "counts", "report_uri", "contact_sheet_uri")
 
 
-def finalize(campaign_id: str, qa: dict[str, Any] | None, outlet_events: Any = None) -> dict[str, Any]:
-    """Decides and records the outcome (complete / partial / failed) and publishes it: webhooks
-    through the outbox, and an event of the campaigns Asset whose extra names the campaign. A
-    failed campaign is published too; the ``outcome`` task then fails the run."""
+def review(campaign_id: str, qa: dict[str, Any] | None) -> dict[str, Any]:
+    """What the reviewer decides on (and whether the brand asks for a reviewer at all)."""
+    from atelier.campaign import review as prepare_review
+
+    with from_connections() as res:
+        return prepare_review(res, campaign_id, qa)
+
+
+def finalize(
+    campaign_id: str,
+    qa: dict[str, Any] | None,
+    review: dict[str, Any] | None = None,  # wired so finalize runs after the reviewer (if any)
+    decision: dict[str, Any] | None = None,
+    outlet_events: Any = None,
+) -> dict[str, Any]:
+    """Decides and records the outcome (complete / partial / failed, or rejected by the reviewer)
+    and publishes it: webhooks through the outbox, and an event of the campaigns Asset whose extra
+    names the campaign. A failed campaign is published too; the ``outcome`` task then fails the run."""
     from atelier.airflow.notify import secret
     from atelier.campaign import finalize as finish
 
     with from_connections() as res:
-        summary = finish(res, campaign_id, qa, secret)  # webhook secrets from Airflow connections
+        summary = finish(res, campaign_id, qa, secret, decision)  # webhook secrets from Airflow connections
     if outlet_events is not None:
         outlet_events[campaigns_asset()].extra = {k: summary.get(k) for k in EVENT_FIELDS}
     return {k: v for k, v in summary.items() if k != "qa"}
@@ -97,8 +111,9 @@ def finalize(campaign_id: str, qa: dict[str, Any] | None, outlet_events: Any = N
 
 def outcome(summary: dict[str, Any]) -> str:
     """Fails the run when the campaign failed (after finalize has recorded and published it)."""
-    if summary["state"] == "failed":
-        raise RuntimeError(f"campaign {summary['campaign_id']} failed: {summary['counts']}")
+    if summary["state"] in ("failed", "rejected"):
+        why = summary.get("approval", {}).get("reason") if summary["state"] == "rejected" else summary["counts"]
+        raise RuntimeError(f"campaign {summary['campaign_id']} {summary['state']}: {why}")
     return summary["state"]
 
 
