@@ -1,5 +1,5 @@
 """Deadline Alerts on catalog_drop (atelier.airflow.deadlines), on the running stack: a tiny drop
-with a 3-second deadline (conf ``deadline_minutes``) gets one deadline per size class from the
+with a 3-second deadline (conf ``deadline_minutes``), queued or running, gets one deadline per size class from the
 plugin-registered ``DropBudget`` reference, Airflow's scheduler finds them missed, and the
 callback for the campaign's size class logs ``deadline.missed`` with the campaign id and counts
 ``atelier_deadlines_missed_total`` — the others see a campaign of another size and do nothing."""
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from atelier.airflow_api import Airflow, token
-from atelier.driver import make_samples, prepare_trigger, wait_for_run
+from atelier.driver import make_samples, prepare_trigger
 from atelier.settings import settings
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +57,8 @@ def test_a_late_drop_misses_its_deadline_and_the_callback_tells(tmp_path: Path) 
     af = Airflow.connect()
     af.wait_for_dag()
     af.trigger(run_id, conf)
-    assert wait_for_run(af, run_id, cid, show=False, timeout=600) == "success"
+    # No need to wait for the run: its deadline is 3 s after it was queued, whether it is still
+    # queued behind other drops or running; the callbacks run meanwhile.
 
     # The scheduler marks each deadline missed and queues its callback; all three run, and only
     # the one of the campaign's size class (small; "unplanned" when it ran before plan) acts.
@@ -80,5 +82,11 @@ def test_a_late_drop_misses_its_deadline_and_the_callback_tells(tmp_path: Path) 
     assert line["campaign_id"] == cid and line["brand"] == "atelier-test", line
     assert line["priority"] == "high" and line["size_class"] in ("small", "unplanned") and line["budget_s"] == 3, line
     assert line["level"] == "warning" and line["late_by_s"] > 0, line
-    # counted once, by priority and size class (the exporter must run the current mapping.yml)
-    assert missed_count("atelier-test") == before + 1
+    queued = datetime.fromisoformat(line["queued_at"])
+    assert datetime.fromisoformat(line["deadline_time"]) == queued + timedelta(seconds=3)  # DropBudget
+    # counted (once per run: the log check above; other atelier-test drops late in a busy stack
+    # may add theirs). The exporter must run the current mapping.yml to keep the series.
+    end = time.monotonic() + 30
+    while missed_count("atelier-test") < before + 1:
+        assert time.monotonic() < end, "atelier_deadlines_missed_total did not grow: is the exporter's mapping current?"
+        time.sleep(2)
