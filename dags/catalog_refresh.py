@@ -4,7 +4,8 @@
 Every night at the brand's `refresh_at`, in the brand's own `timezone` (config/brands.json), the
 newest snapshot in the brand's `catalog_feed` is diffed against the last snapshot processed: SKUs
 added and SKUs whose image changed are written as a delta manifest and rendered by a normal,
-low-priority `catalog_drop` run; removed SKUs are recorded, not rendered.
+low-priority `catalog_drop` run; removed SKUs are recorded, not rendered. `commit` then moves the
+brand's catalog forward for what the drop rendered: a SKU it failed is retried the next night.
 
 **One run per night.** The night is the run's local date: re-running a night is a no-op, and a
 missed night (scheduler down) is caught up once by the next run. No new snapshot, or nothing to
@@ -50,14 +51,21 @@ def refresh_dag(slug: str, refresh: catalog.Refresh) -> None:
             trigger_run_id="{{ ti.xcom_pull(task_ids='prepare')['run_id'] }}",
             conf="{{ ti.xcom_pull(task_ids='prepare')['conf'] }}",
             logical_date=None,
-            skip_when_already_exists=True,
+            skip_when_already_exists=True,  # re-running a night finds its drop
             wait_for_completion=True,
             deferrable=True,  # waiting for the drop holds no worker slot
             poke_interval=15,
+            retries=0,  # a failed drop is not fixed by waiting again: commit decides what is kept
             note=f"nightly refresh of {slug}",
         )
-        done = task(tasks.refresh_done, task_id="fresh")(outcome)
-        has_drop >> drop >> done
+        committed = task(
+            tasks.refresh_commit,
+            task_id="commit",
+            trigger_rule="all_done",  # also after a failed or skipped (already existing) drop
+            retries=12,  # while the drop is still running (a retried wait that found it existing)
+            retry_delay=timedelta(minutes=5),
+        )(outcome)
+        has_drop >> drop >> committed
 
     refresh_brand()
 

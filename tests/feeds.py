@@ -31,9 +31,7 @@ class Feed:
         with (folder / "manifest.csv").open() as fh:
             for row in csv.DictReader(fh):
                 img = folder / "images" / Path(row["image_uri"]).name
-                self.storage.client.put_object(
-                    Bucket=bucket, Key=f"{prefix}images/{img.name}", Body=img.read_bytes()
-                )
+                self.storage.client.put_object(Bucket=bucket, Key=f"{prefix}images/{img.name}", Body=img.read_bytes())
                 self.rows[row["sku"]] = row
                 added.append(row["sku"])
         return added
@@ -46,6 +44,11 @@ class Feed:
         body = next((folder / "images").iterdir()).read_bytes()
         bucket, key = split_s3(self.rows[sku]["image_uri"])
         self.storage.client.put_object(Bucket=bucket, Key=key, Body=body)
+
+    def corrupt_image(self, sku: str) -> None:
+        """Replaces ``sku``'s packshot with bytes that are not an image (a render of it fails)."""
+        bucket, key = split_s3(self.rows[sku]["image_uri"])
+        self.storage.client.put_object(Bucket=bucket, Key=key, Body=b"\xff\xd8\xff\xe0 truncated jpeg")
 
     def publish(self, bad_row: dict[str, str] | None = None) -> str:
         """Writes the catalog as a new snapshot; returns its URI. Snapshots are named and dated in

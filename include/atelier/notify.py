@@ -260,6 +260,10 @@ def post(http: Any, url: str, body: str, secret: str, event: str, timeout_s: flo
         return Attempt(False, error=f"timed out ({exc if isinstance(exc, netguard.DeadlineExceeded) else 'timeout'})")
     except httpx.HTTPError as exc:
         return Attempt(False, error=f"request failed ({type(exc).__name__})")
+    except (httpx.InvalidURL, netguard.Refused) as exc:  # the URL itself: retrying cannot help
+        return Attempt(False, error=f"refused: {type(exc).__name__}", permanent=True)
+    except Exception as exc:  # anything else stays this event's problem, never every subscriber's
+        return Attempt(False, error=f"request failed ({type(exc).__name__})")
     status = resp.status_code
     said = f"answered {status} {netguard.phrase(status)}"
     if 200 <= status < 300:

@@ -11,13 +11,17 @@ the drop manifest's schema, one new file per export). Each night (``refresh_at``
 3. diffs it against ``catalog_items`` (the catalog as of the last snapshot processed): SKUs added,
    SKUs whose image *content* changed (S3 ETag / https content hash, as the plan fingerprints
    them), SKUs removed (recorded, never rendered);
-4. writes the added and changed rows as a delta manifest in the brand's inbox and, in the same
-   ledger transaction as the new catalog state, records the night with the drop's campaign and
-   run id (low priority, drop id ``nightly-<night>``).
+4. writes the added and changed rows as a delta manifest in the brand's inbox and records the
+   night with the drop's campaign and run id (low priority, drop id ``nightly-<night>``); the
+   removals are applied, the added/changed SKUs are staged.
 
-The DAG then triggers ``catalog_drop`` with that run id. The night is the key: a night in a final
-state is never processed again (re-running it is a no-op), and a missed night is caught up once
-by the next run, which simply finds the snapshot not yet processed.
+The DAG then triggers ``catalog_drop`` with that run id and waits for it; :func:`commit` then
+moves the catalog forward for the SKUs the drop rendered. A SKU it failed stays "changed", so the
+next night retries it (even from the same snapshot), and a failed drop loses nothing.
+
+The night is the key: a night already handed on is never processed again (re-running it is a
+no-op), and a missed night is caught up once by the next run, which simply finds the snapshot
+not yet processed. One brand's nights are serialised by an advisory lock.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from atelier.storage import split_s3
 
 log = logs.get("atelier.refresh")
 
-FINAL = ("empty", "planned")  # a night in one of these states is done: re-running it changes nothing
+FINAL = ("empty", "planned", "done")  # a night handed on: re-running it changes nothing
+TERMINAL = ("complete", "partial", "failed", "rejected")  # a campaign whose drop is over
 SNAPSHOT_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 NIGHTLY_PRIORITY = "low"  # below every drop a person triggers (see catalog.PRIORITIES)
 
@@ -100,25 +105,38 @@ def newest_snapshot(storage: Any, feed: str) -> Snapshot | None:
 
 # -- ledger ------------------------------------------------------------------------------------
 def _night_row(conn: Any, brand: str, night: str) -> dict[str, Any] | None:
+    """The night's record, read inside the caller's transaction."""
     with conn.cursor() as cur:
         cur.execute("SELECT * FROM refresh_runs WHERE brand = %s AND night = %s", (brand, night))
         cols = [d.name for d in cur.description]
         row = cur.fetchone()
-    conn.rollback()
     return dict(zip(cols, row, strict=True)) if row else None
 
 
 def watermark(conn: Any, brand: str) -> tuple[str, str] | None:
-    """(key, etag) of the last snapshot a final night processed."""
-    with conn.cursor() as cur:
+    """(key, etag) of the last snapshot a night handed on."""
+    last = _processed(conn, brand)
+    conn.rollback()
+    return (last[0], last[1]) if last else None
+
+
+def _processed(cur_or_conn: Any, brand: str) -> tuple[str, str, datetime] | None:
+    """(key, etag, last modified) of the newest snapshot a night handed on (inside the caller's transaction)."""
+    with cur_or_conn.cursor() as cur:
         cur.execute(
-            """SELECT snapshot_key, snapshot_etag FROM refresh_runs WHERE brand = %s AND state = ANY(%s)
-               ORDER BY snapshot_modified DESC, updated_at DESC LIMIT 1""",
+            """SELECT snapshot_key, snapshot_etag, snapshot_modified FROM refresh_runs
+               WHERE brand = %s AND state = ANY(%s) ORDER BY snapshot_modified DESC, updated_at DESC LIMIT 1""",
             (brand, list(FINAL)),
         )
         row = cur.fetchone()
-    conn.rollback()
-    return (row[0], row[1]) if row else None
+    return (row[0], row[1], row[2]) if row else None
+
+
+def _lock(conn: Any, brand: str) -> None:
+    """Serialises one brand's refresh steps until the transaction ends (prepare vs commit, or a
+    zombie attempt vs the next night), so two never diff the same catalog."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"atelier.refresh:{brand}",))
 
 
 def _record(cur: Any, o: Outcome, snap: Snapshot | None, error: str | None = None) -> None:
@@ -153,23 +171,35 @@ def _record(cur: Any, o: Outcome, snap: Snapshot | None, error: str | None = Non
 
 
 def _catalog(conn: Any, brand: str) -> dict[str, tuple[str, bool]]:
-    """sku → (fingerprint, present) as of the last snapshot processed."""
+    """sku → (fingerprint, present): the catalog as far as it has been rendered (caller's transaction)."""
     with conn.cursor() as cur:
         cur.execute("SELECT sku, fingerprint, removed_on IS NULL FROM catalog_items WHERE brand = %s", (brand,))
-        items = {sku: (fp, present) for sku, fp, present in cur.fetchall()}
-    conn.rollback()
-    return items
+        return {sku: (fp, present) for sku, fp, present in cur.fetchall()}
 
 
-def _apply(cur: Any, brand: str, night: str, rows: list[Row], fps: dict[str, str], removed: list[str]) -> None:
-    """The catalog as of this snapshot: every row upserted (last_changed moves only when the
-    fingerprint did), the removed SKUs marked."""
+def _in_flight(conn: Any, brand: str) -> str | None:
+    """A campaign of an earlier night that is still rendering (its SKUs are not committed yet)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT r.campaign_id FROM refresh_runs r JOIN campaigns c ON c.campaign_id = r.campaign_id
+               WHERE r.brand = %s AND r.state = 'planned' AND c.state <> ALL(%s) LIMIT 1""",
+            (brand, list(TERMINAL)),
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def _apply(cur: Any, brand: str, night: str, rows: list[tuple[str, str, str]], removed: list[str]) -> None:
+    """Moves the catalog forward: (sku, image_uri, fingerprint) rows upserted (last_changed moves
+    only when the fingerprint did), the removed SKUs marked."""
     cur.execute(
-        "CREATE TEMP TABLE snapshot_items (sku text PRIMARY KEY, image_uri text, fingerprint text) ON COMMIT DROP"
+        "CREATE TEMP TABLE IF NOT EXISTS snapshot_items (sku text PRIMARY KEY, image_uri text, fingerprint text) "
+        "ON COMMIT DROP"
     )
+    cur.execute("TRUNCATE snapshot_items")
     with cur.copy("COPY snapshot_items (sku, image_uri, fingerprint) FROM STDIN") as copy:
-        for r in rows:
-            copy.write_row((r.sku, r.image_uri, fps[r.image_uri]))
+        for row in rows:
+            copy.write_row(row)
     cur.execute(
         """INSERT INTO catalog_items (brand, sku, image_uri, fingerprint, first_seen, last_changed)
            SELECT %(brand)s, sku, image_uri, fingerprint, %(night)s, %(night)s FROM snapshot_items
@@ -184,6 +214,12 @@ def _apply(cur: Any, brand: str, night: str, rows: list[Row], fps: dict[str, str
         cur.execute(
             "UPDATE catalog_items SET removed_on = %s WHERE brand = %s AND sku = ANY(%s)", (night, brand, removed)
         )
+
+
+def _stage(cur: Any, brand: str, night: str, rows: list[tuple[str, str, str]]) -> None:
+    with cur.copy("COPY refresh_items (brand, night, sku, image_uri, fingerprint) FROM STDIN") as copy:
+        for sku, uri, fp in rows:
+            copy.write_row((brand, night, sku, uri, fp))
 
 
 # -- the refresh -------------------------------------------------------------------------------
@@ -204,14 +240,28 @@ def _delta_bytes(rows: list[Row]) -> bytes:
 
 def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
     """One night's refresh of one brand up to the drop it hands on (see the module docstring).
-    Raises ManifestError (every bad row) when the snapshot is invalid; the watermark stays."""
-    from atelier.campaign import identify
-
+    Raises ManifestError (every bad row) when the snapshot is invalid; the catalog stays."""
     night = night.isoformat() if isinstance(night, date) else date.fromisoformat(night).isoformat()
     brand = catalog.brand(brand_slug)
     logs.bind(brand=brand.slug, night=night)
     if brand.refresh is None:
         raise RefreshError(f"brand {brand_slug} has no nightly refresh (timezone, refresh_at, catalog_feed)")
+    try:
+        _lock(res.conn, brand.slug)  # held until this transaction ends: one refresh step per brand at a time
+        out = _prepare(res, brand, night)
+        res.conn.commit()
+    except BaseException:
+        res.conn.rollback()
+        raise
+    if not out.repeated:
+        log.info(f"refresh {brand.slug} {night}: {out.message}", state=out.state, campaign_id=out.campaign_id)
+    return out
+
+
+def _prepare(res: Resources, brand: catalog.Brand, night: str) -> Outcome:
+    from atelier.campaign import identify
+
+    assert brand.refresh is not None
     done = _night_row(res.conn, brand.slug, night)
     if done and done["state"] in FINAL:
         return Outcome(
@@ -227,15 +277,22 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
             message=f"night {night} was already refreshed ({done['state']}): nothing to do",
             repeated=True,
         )
+    if busy := _in_flight(res.conn, brand.slug):
+        # Its SKUs are not committed yet: diffing now would hand the same work to a second campaign.
+        raise RefreshBusy(f"campaign {busy} of an earlier night is still rendering; run this night again after it")
     out = Outcome(brand=brand.slug, night=night, state="no_snapshot")
     snap = newest_snapshot(res.storage, brand.refresh.feed)
     if snap is None:
         out.message = f"no snapshot in {brand.refresh.feed}: nothing to refresh"
         return _close(res, out, None)
     out.snapshot = snap.uri
-    if watermark(res.conn, brand.slug) == (snap.key, snap.etag):
-        out.state, out.message = "unchanged", f"no snapshot since the last one processed ({snap.uri})"
+    last = _processed(res.conn, brand.slug)
+    if last and (snap.modified, snap.key) < (last[2], last[0]):
+        # The newest export was deleted: diffing an older one would undo what was processed since.
+        out.state = "unchanged"
+        out.message = f"the newest snapshot {snap.uri} is older than the one already processed (s3://…/{last[0]})"
         return _close(res, out, snap)
+    same_snapshot = bool(last) and (snap.key, snap.etag) == (last[0], last[1])
 
     report = Report()
     with res.storage.open(snap.uri) as body:
@@ -243,18 +300,15 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
     if not report.ok:
         out.state = "invalid"
         _close(res, out, snap, error=str(ManifestError(report))[:4000])
+        res.conn.commit()  # the record of the bad export stays; nothing else was written
         raise ManifestError(report)
 
     fps = res.storage.fingerprints(r.image_uri for r in rows)
     before = _catalog(res.conn, brand.slug)
     added = [r for r in rows if r.sku not in before or not before[r.sku][1]]
-    changed = [
-        r
-        for r in rows
-        if r.sku in before
-        and before[r.sku][1]
-        and (before[r.sku][0] != fps[r.image_uri] or fps[r.image_uri].startswith("error:"))
-    ]
+    # An input that cannot be read keeps its error fingerprint: it is not tried again every night,
+    # only when its error changes (e.g. the brand fixed or replaced the image).
+    changed = [r for r in rows if r.sku in before and before[r.sku][1] and before[r.sku][0] != fps[r.image_uri]]
     in_snapshot = {r.sku for r in rows}
     removed = sorted(sku for sku, (_, present) in before.items() if present and sku not in in_snapshot)
     out.counts = {
@@ -266,10 +320,19 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
         "unreadable": sum(1 for r in added + changed if fps[r.image_uri].startswith("error:")),
     }
     delta = added + changed
-    if not delta:
-        out.state = "empty"
-        out.message = f"{snap.uri}: nothing to render ({out.counts})"
-    else:
+    delta_skus = {r.sku for r in delta}
+    unchanged = [(r.sku, r.image_uri, fps[r.image_uri]) for r in rows if r.sku not in delta_skus]
+    with res.conn.cursor() as cur:
+        if not delta:
+            out.state = "empty" if not same_snapshot else "unchanged"
+            out.message = (
+                f"no snapshot since the last one processed ({snap.uri}) and nothing left to render"
+                if same_snapshot
+                else f"{snap.uri}: nothing to render ({out.counts})"
+            )
+            _apply(cur, brand.slug, night, unchanged, removed)
+            _record(cur, out, snap)
+            return out
         uri = _delta_uri(brand, night, snap)
         bucket, key = split_s3(uri)
         res.storage.put(bucket, key, _delta_bytes(delta), "application/x-ndjson")
@@ -285,24 +348,75 @@ def prepare(res: Resources, brand_slug: str, night: str | date) -> Outcome:
         }
         out.campaign_id, out.run_id, out.conf = identify(res.storage, conf)
         out.state, out.delta_manifest_uri = "planned", uri
-        out.message = f"{snap.uri}: {len(delta)} SKUs to render as campaign {out.campaign_id} ({out.counts})"
-    with res.conn.cursor() as cur:
-        _apply(cur, brand.slug, night, rows, fps, removed)
+        retry = " (retrying what the last drop did not render)" if same_snapshot else ""
+        out.message = f"{snap.uri}: {len(delta)} SKUs to render as campaign {out.campaign_id}{retry} ({out.counts})"
+        _apply(cur, brand.slug, night, unchanged, removed)
         _record(cur, out, snap)
-    res.conn.commit()
-    log.info(f"refresh {brand.slug} {night}: {out.message}", state=out.state, campaign_id=out.campaign_id)
+        _stage(cur, brand.slug, night, [(r.sku, r.image_uri, fps[r.image_uri]) for r in delta])
     return out
 
 
 def _close(res: Resources, out: Outcome, snap: Snapshot | None, error: str | None = None) -> Outcome:
-    """Records a night that hands on no drop (and moves no watermark)."""
+    """Records a night that hands on no drop and moves nothing (inside the caller's transaction)."""
     with res.conn.cursor() as cur:
         _record(cur, out, snap, error)
-    res.conn.commit()
-    log.info(
-        f"refresh {out.brand} {out.night}: {out.message or out.state}",
-        state=out.state,
-        brand=out.brand,
-        night=out.night,
-    )
     return out
+
+
+class RefreshBusy(RuntimeError):
+    """An earlier night's drop of the brand is still running."""
+
+
+class DropNotFinished(RuntimeError):
+    """The night's drop has not reached a terminal state yet."""
+
+
+def commit(res: Resources, brand_slug: str, night: str | date) -> dict[str, Any]:
+    """After the night's drop: moves the catalog forward for the staged SKUs whose renders all
+    succeeded (or were reused), and for those whose input is unreadable. The others stay as they
+    were, so the next night renders them again. Idempotent; raises DropNotFinished while the drop
+    runs. Returns what it committed and the campaign's state."""
+    night = night.isoformat() if isinstance(night, date) else date.fromisoformat(night).isoformat()
+    try:
+        _lock(res.conn, brand_slug)
+        row = _night_row(res.conn, brand_slug, night)
+        if row is None or row["state"] not in ("planned", "done"):
+            res.conn.rollback()
+            return {"brand": brand_slug, "night": night, "state": row["state"] if row else None, "committed": 0}
+        with res.conn.cursor() as cur:
+            cur.execute("SELECT state FROM campaigns WHERE campaign_id = %s", (row["campaign_id"],))
+            found = cur.fetchone()
+        if found is None or found[0] not in TERMINAL:
+            raise DropNotFinished(f"campaign {row['campaign_id']} is {found[0] if found else 'not registered yet'}")
+        camp_state = found[0]
+        if row["state"] == "done":
+            res.conn.rollback()
+            return {"brand": brand_slug, "night": night, "state": "done", "campaign_state": camp_state, **row["counts"]}
+        with res.conn.cursor() as cur:
+            cur.execute(
+                """SELECT i.sku, i.image_uri, i.fingerprint FROM refresh_items i
+                   WHERE i.brand = %s AND i.night = %s AND (i.fingerprint LIKE 'error:%%' OR NOT EXISTS (
+                       SELECT 1 FROM renders r WHERE r.campaign_id = %s AND r.sku = i.sku
+                         AND r.state NOT IN ('succeeded', 'skipped')))""",
+                (brand_slug, night, row["campaign_id"]),
+            )
+            rendered = cur.fetchall()
+            cur.execute("SELECT count(*) FROM refresh_items WHERE brand = %s AND night = %s", (brand_slug, night))
+            staged = cur.fetchone()[0]
+            _apply(cur, brand_slug, night, rendered, [])
+            counts = {**row["counts"], "committed": len(rendered), "retry_next_night": staged - len(rendered)}
+            cur.execute(
+                "UPDATE refresh_runs SET state = 'done', counts = %s, updated_at = now() WHERE brand = %s AND night = %s",
+                (json.dumps(counts), brand_slug, night),
+            )
+        res.conn.commit()
+    except BaseException:
+        res.conn.rollback()
+        raise
+    log.info(
+        f"refresh {brand_slug} {night}: campaign {row['campaign_id']} {camp_state}; "
+        f"{counts['committed']} SKUs committed, {counts['retry_next_night']} left for the next night",
+        state="done",
+        campaign_id=row["campaign_id"],
+    )
+    return {"brand": brand_slug, "night": night, "state": "done", "campaign_state": camp_state, **counts}

@@ -461,3 +461,16 @@ def test_finalize_records_the_event_and_delivers_it_at_once(res: Resources, tmp_
     assert (event["campaign_id"], event["state"], event["drop_id"]) == (summary["campaign_id"], "complete", f"n-{uid}")
     assert event["counts"] == summary["counts"] and event["report_uri"] == summary["report_uri"]
     assert [row["status"] for row in rows(res.conn, summary["campaign_id"])] == ["delivered"]
+
+
+def test_a_malformed_subscriber_url_dead_letters_and_never_blocks_the_others(conn, uid, receiver):
+    """A URL httpx cannot even parse (a DEL in the host) used to escape post(): deliver_due rolled
+    back with the row untouched, claimed it first on every pass and delivered nothing else."""
+    r, url = receiver
+    bad, good = new_campaign(conn, uid, 0), new_campaign(conn, uid, 1)
+    finish(conn, outcome(bad, "https://a\x7f.example/hooks"))
+    finish(conn, outcome(good, url))
+    done = notify.deliver_due(conn, secrets, clock=Clock())
+    assert (done.delivered, done.dead_lettered) == (1, 1) and len(r.accepted) == 1
+    [row] = rows(conn, bad)
+    assert row["status"] == "dead" and "refused" in row["last_error"]

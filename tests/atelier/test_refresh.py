@@ -64,7 +64,9 @@ def items(res: Resources, brand: str) -> dict[str, Any]:
     return rows
 
 
-def test_two_nights_render_only_the_delta_and_rerunning_a_night_is_a_no_op(res: Resources, brand: str, feed: Feed, uid: str):
+def test_two_nights_render_only_the_delta_and_rerunning_a_night_is_a_no_op(
+    res: Resources, brand: str, feed: Feed, uid: str
+):
     first = feed.add_skus(6)
     feed.publish()
     night1 = refresh.prepare(res, brand, "2026-03-28")
@@ -72,7 +74,9 @@ def test_two_nights_render_only_the_delta_and_rerunning_a_night_is_a_no_op(res: 
     assert delta_skus(res, night1) == sorted(first)
     assert night1.conf and night1.conf["priority"] == "low" and night1.conf["drop_id"] == "nightly-2026-03-28"
     assert night1.run_id == catalog.run_id_for(night1.campaign_id or "")
+    assert items(res, brand) == {}  # staged: nothing is in the catalog before the drop rendered it
     run_drop(res, DropRequest.from_params(night1.conf), f"rf-{uid}-1")
+    assert refresh.commit(res, brand, "2026-03-28")["committed"] == 6
 
     # The next export: two SKUs gone, three new, one packshot replaced, one title edited.
     removed = first[:2]
@@ -90,6 +94,7 @@ def test_two_nights_render_only_the_delta_and_rerunning_a_night_is_a_no_op(res: 
     summary = run_drop(res, DropRequest.from_params(night2.conf or {}), f"rf-{uid}-2")
     specs = len(catalog.DEFAULT_SPECS)
     assert summary["counts"] == {"succeeded": 4 * specs, "reused": 0, "failed": 0}  # only the delta ran
+    assert refresh.commit(res, brand, "2026-03-29")["committed"] == 4
     state = items(res, brand)
     assert all(state[s][1] is not None for s in removed)  # recorded as removed, not rendered
     assert all(state[s][1] is None for s in [*added, *first[2:]])
@@ -104,10 +109,37 @@ def test_two_nights_render_only_the_delta_and_rerunning_a_night_is_a_no_op(res: 
     assert quiet.state == "unchanged" and quiet.run_id is None and "no snapshot since" in quiet.message
 
 
-def test_a_bad_snapshot_stops_the_refresh_and_leaves_the_watermark(res: Resources, brand: str, feed: Feed):
+def test_what_a_drop_failed_is_rendered_again_the_next_night(res: Resources, brand: str, feed: Feed, uid: str):
+    skus = feed.add_skus(3)
+    feed.corrupt_image(skus[0])
+    feed.publish()
+    first = refresh.prepare(res, brand, "2026-08-01")
+    with pytest.raises(refresh.DropNotFinished):  # its drop has not run yet
+        refresh.commit(res, brand, "2026-08-01")
+    with pytest.raises(refresh.RefreshBusy):  # the next night waits for it (its SKUs are not committed)
+        run_drop_registered = DropRequest.from_params(first.conf or {})
+        from atelier.campaign import register, validate_drop
+
+        register(res, run_drop_registered, validate_drop(res, run_drop_registered), f"rf-{uid}-a")
+        refresh.prepare(res, brand, "2026-08-02")
+    summary = run_drop(res, DropRequest.from_params(first.conf or {}), f"rf-{uid}-a")
+    assert summary["counts"]["failed"] == len(catalog.DEFAULT_SPECS)
+    done = refresh.commit(res, brand, "2026-08-01")
+    assert (done["committed"], done["retry_next_night"]) == (2, 1)
+    assert refresh.commit(res, brand, "2026-08-01")["state"] == "done"  # idempotent
+
+    # No new export, but the failed SKU is still owed: the next night renders it again.
+    retry = refresh.prepare(res, brand, "2026-08-02")
+    assert retry.state == "planned" and delta_skus(res, retry) == [skus[0]] and "retrying" in retry.message
+
+
+def test_a_bad_snapshot_stops_the_refresh_and_leaves_the_watermark(res: Resources, brand: str, feed: Feed, uid: str):
     feed.add_skus(3)
     good = feed.publish()
-    assert refresh.prepare(res, brand, "2026-04-01").state == "planned"
+    first = refresh.prepare(res, brand, "2026-04-01")
+    assert first.state == "planned"
+    run_drop(res, DropRequest.from_params(first.conf or {}), f"rf-{uid}-1")
+    refresh.commit(res, brand, "2026-04-01")
     mark, state = refresh.watermark(res.conn, brand), items(res, brand)
 
     new = feed.add_skus(1)
@@ -125,15 +157,22 @@ def test_a_bad_snapshot_stops_the_refresh_and_leaves_the_watermark(res: Resource
     assert fixed.state == "planned" and delta_skus(res, fixed) == new
 
 
-def test_a_snapshot_with_nothing_to_render_advances_the_watermark_without_a_drop(res: Resources, brand: str, feed: Feed):
+def test_a_snapshot_with_nothing_to_render_advances_the_watermark_without_a_drop(
+    res: Resources, brand: str, feed: Feed, uid: str
+):
     skus = feed.add_skus(2)
     feed.publish()
-    refresh.prepare(res, brand, "2026-05-01")
+    first = refresh.prepare(res, brand, "2026-05-01")
+    run_drop(res, DropRequest.from_params(first.conf or {}), f"rf-{uid}-1")
+    refresh.commit(res, brand, "2026-05-01")
     del feed.rows[skus[0]]
     snap = feed.publish()
     out = refresh.prepare(res, brand, "2026-05-02")
     assert out.state == "empty" and out.run_id is None and out.counts["removed"] == 1
-    assert refresh.watermark(res.conn, brand) == (snap.split("/", 3)[3], res.storage.head(*snap[5:].split("/", 1))["ETag"].strip('"'))
+    assert refresh.watermark(res.conn, brand) == (
+        snap.split("/", 3)[3],
+        res.storage.head(*snap[5:].split("/", 1))["ETag"].strip('"'),
+    )
     assert refresh.prepare(res, brand, "2026-05-02").repeated
 
 

@@ -112,7 +112,7 @@ def test_two_brands_two_nights_only_the_delta_renders(tmp_path: Path, storage: S
     night1 = {PARIS: night(conn, PARIS, "2026-03-29"), NY: night(conn, NY, "2026-03-28")}
     for b, skus in ((PARIS, 4), (NY, 3)):
         n = night1[b]
-        assert n["state"] == "planned" and n["counts"]["added"] == skus
+        assert n["state"] == "done" and n["counts"]["added"] == skus and n["counts"]["committed"] == skus
         camp = ledger.campaign(conn, n["campaign_id"])
         assert camp.state == "complete" and camp.sku_count == skus and camp.priority == "low"
         assert af.run(n["run_id"]).state.value == "success"
@@ -129,7 +129,16 @@ def test_two_brands_two_nights_only_the_delta_renders(tmp_path: Path, storage: S
     )
     assert (state, ny_state) == ("success", "success")
     n2 = night(conn, PARIS, "2026-03-30")
-    assert n2["counts"] == {"rows": 5, "added": 2, "changed": 1, "removed": 1, "unchanged": 2, "unreadable": 0}
+    assert n2["counts"] == {
+        "rows": 5,
+        "added": 2,
+        "changed": 1,
+        "removed": 1,
+        "unchanged": 2,
+        "unreadable": 0,
+        "committed": 3,
+        "retry_next_night": 0,
+    }
     camp = ledger.campaign(conn, n2["campaign_id"])
     assert camp.state == "complete" and camp.sku_count == 3  # only the delta: 2 new + 1 changed
     assert ledger.state_counts(conn, camp.campaign_id)["succeeded"] == 3 * len(catalog.DEFAULT_SPECS)

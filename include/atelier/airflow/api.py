@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -110,6 +111,14 @@ def _campaign(run_id: str) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
+def _detail(resp: httpx.Response) -> Any:
+    """The core API's error detail (JSON), or the start of whatever it answered."""
+    try:
+        return resp.json().get("detail", resp.text[:500])
+    except ValueError:
+        return resp.text[:500]
+
+
 def _view(run: dict[str, Any]) -> dict[str, Any]:
     conf = run.get("conf") or {}
     return {
@@ -124,7 +133,8 @@ def _view(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Atelier", description=__doc__, version="1")
+    # No unauthenticated /docs or /openapi.json: the plugin app gets no auth from Airflow.
+    app = FastAPI(title="Atelier", description=__doc__, version="1", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.post("/v1/drops", dependencies=[_requires_run_access("POST")])
     def submit_drop(body: DropSubmission, request: Request) -> dict[str, Any]:
@@ -149,7 +159,7 @@ def create_app() -> FastAPI:
             if resp.status_code == 409:
                 resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{run_id}")
             if resp.status_code not in (200, 201):
-                raise HTTPException(status_code=resp.status_code, detail=resp.json().get("detail", resp.text[:500]))
+                raise HTTPException(status_code=resp.status_code, detail=_detail(resp))
         run = resp.json()
         if not created:
             theirs = run.get("conf") or {}
@@ -166,9 +176,9 @@ def create_app() -> FastAPI:
     def get_drop(dag_run_id: str, request: Request) -> dict[str, Any]:
         """The run's state and, once registered, its campaign (state, counts, report URIs)."""
         with _core(request) as core:
-            resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{dag_run_id}")
+            resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{quote(dag_run_id, safe='')}")
         if resp.status_code != 200:
-            raise HTTPException(status_code=resp.status_code, detail=resp.json().get("detail", resp.text[:500]))
+            raise HTTPException(status_code=resp.status_code, detail=_detail(resp))
         return _view(resp.json())
 
     return app

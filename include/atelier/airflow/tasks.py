@@ -144,6 +144,7 @@ def refresh_prepare(brand: str, dag_run: Any = None) -> dict[str, Any]:
     The night is the local date of the run's scheduled time (its logical date; for a run triggered
     without one, when it was triggered). An invalid snapshot fails the task for good, with reasons."""
     from atelier import catalog, metrics
+    from atelier.manifest import ManifestError
     from atelier.refresh import night_of, prepare
 
     refresh = catalog.brand(brand).refresh
@@ -152,12 +153,12 @@ def refresh_prepare(brand: str, dag_run: Any = None) -> dict[str, Any]:
     with bad_input_fails_for_good(), from_connections() as res:
         try:
             out = prepare(res, brand, night_of(when, refresh.timezone))
-        except Exception:
+        except ManifestError:
             metrics.refresh_outcome(brand, "invalid")
             raise
     print(out.message)
     metrics.refresh_outcome(brand, out.state)
-    if out.state != "planned" and out.state != "invalid":
+    if out.state in ("empty", "unchanged", "no_snapshot"):
         metrics.refresh_fresh(brand)  # nothing to render counts as a refresh that is up to date
     return out.as_dict()
 
@@ -167,11 +168,24 @@ def refresh_has_drop(outcome: dict[str, Any]) -> bool:
     return outcome["state"] == "planned"
 
 
-def refresh_done(outcome: dict[str, Any]) -> None:
-    """The night's drop finished (its run succeeded): the brand's catalog is fresh."""
+def refresh_commit(outcome: dict[str, Any]) -> dict[str, Any]:
+    """After the night's drop: the catalog moves forward for what it rendered
+    (``atelier.refresh.commit``); the rest waits for the next night. Fails the refresh run when the
+    drop failed (after committing what it did render); retried while the drop still runs."""
     from atelier import metrics
+    from atelier.refresh import commit
 
-    metrics.refresh_fresh(outcome["brand"])
+    with from_connections() as res:
+        done = commit(res, outcome["brand"], outcome["night"])
+    print(done)
+    if done.get("campaign_state") in ("complete", "partial"):
+        metrics.refresh_fresh(outcome["brand"])
+    elif done.get("campaign_state") in ("failed", "rejected"):
+        raise RuntimeError(
+            f"the night's campaign {outcome['campaign_id']} is {done['campaign_state']}; "
+            f"{done.get('retry_next_night', '?')} SKUs are left for the next night"
+        )
+    return done
 
 
 def published_campaigns(triggering_asset_events: Any = None) -> list[dict[str, Any]]:
