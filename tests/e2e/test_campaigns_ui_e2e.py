@@ -122,6 +122,7 @@ def test_campaigns_page_in_the_airflow_ui(finished_drop: dict[str, Any], browser
     assert any("does not exist" in r for r in listed)
     for sku in finished_drop["bad"]:
         assert any(sku in r for r in listed), sku
+    frame.locator("body").evaluate("() => window.scrollTo(0, 0)")
     shot(page, "2_campaign")
 
     # An action: trigger the same drop again → the same run, nothing rendered twice.
@@ -137,6 +138,7 @@ def test_campaigns_page_in_the_airflow_ui(finished_drop: dict[str, Any], browser
     page.wait_for_url(f"**/dags/catalog_drop/runs/{run_id}**")
     page.locator("iframe[title=Campaigns]").wait_for(state="detached")  # the UI itself shows the run
     page.get_by_text(run_id).first.wait_for()
+    page.get_by_text("finalize").first.wait_for()  # the run's task instances are listed
     shot(page, "4_dag_run")
     links = _extra_links(run_id, "finalize")
     assert links["Campaign page"] == f"/plugin/campaigns/atelier-ui/runs/{run_id}"

@@ -215,7 +215,7 @@ def thumbnails(conn: Any, campaign_id: str, page: int) -> tuple[list[dict[str, A
 
 
 _VOLATILE = [
-    (re.compile(r"\b(?:s3|https?)://\S+"), "<uri>"),
+    (re.compile(r"\b(?:s3|https?)://\S*[^\s:;,.)]"), "<uri>"),  # not the punctuation after it
     (re.compile(r"\b[0-9a-f]{12,}\b"), "<id>"),
     (re.compile(r"\b\d+(?:\.\d+)?\b"), "<n>"),
 ]

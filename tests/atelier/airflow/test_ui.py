@@ -211,7 +211,7 @@ def test_list_and_campaign_page_show_counts_qa_failures_and_links(client: TestCl
 def test_failures_group_by_reason_not_by_uri_or_number():
     r1 = "input s3://atelier-inbox/x/S1.jpg: cannot decode (truncated after 1024 bytes)"
     r2 = "input s3://atelier-inbox/y/S2.jpg: cannot decode (truncated after 77 bytes)"
-    assert ui.reason_of(r1) == ui.reason_of(r2) == "input <uri> cannot decode (truncated after <n> bytes)"
+    assert ui.reason_of(r1) == ui.reason_of(r2) == "input <uri>: cannot decode (truncated after <n> bytes)"
     assert ui.reason_of("timeout after 30 s") != ui.reason_of(r1)
     assert ui.reason_of(None) == ui.reason_of("  ") == "unknown"
 
