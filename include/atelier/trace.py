@@ -117,11 +117,16 @@ def run_ids(campaign: dict[str, Any]) -> list[str]:
 
 # -- Airflow -----------------------------------------------------------------------------------
 def belongs(line: dict[str, Any], campaign_id: str) -> bool:
-    """A task-log line is the campaign's when its bound ``campaign_id`` is, or its message names it
-    (the run id alone does not count: every line of a ``drop__<id>`` run carries it)."""
-    if line.get("campaign_id") == campaign_id:
+    """A task-log line of one of the campaign's runs is part of its story when its message names
+    the campaign, when it is Atelier's own line with the campaign bound (``atelier.logs``), or when
+    it is a warning or an error (whoever logged it: a failing task's traceback). Libraries' chatter
+    inside a bound task (Great Expectations, boto) is left out, and so is the run id alone: every
+    line of a ``drop__<id>`` run carries it."""
+    if campaign_id in str(line.get("event", "")):
         return True
-    return campaign_id in str(line.get("event", ""))
+    if str(line.get("level", "")).lower() in ("warning", "error", "critical", "exception"):
+        return True
+    return line.get("campaign_id") == campaign_id and str(line.get("logger", "")).startswith("atelier")
 
 
 def airflow_part(client: Any, campaign_id: str, runs: Iterable[str]) -> list[dict[str, Any]]:
@@ -288,6 +293,9 @@ def to_text(trace: dict[str, Any]) -> str:
                     k: v for k, v in line.items() if k in ("sku", "spec", "shard", "attempt", "provider", "reason")
                 }
                 more = f" {json.dumps(extra, default=str)}" if extra else ""
+                for err in (line.get("error_detail") or [])[:1]:  # Airflow's structured traceback
+                    if isinstance(err, dict):
+                        more += f" — {err.get('exc_type')}: {str(err.get('exc_value'))[:300]}"
                 out.append(f"    {_t(line.get('timestamp'))} {line.get('level', '')}: {line.get('event')}{more}")
     if trace["metrics"] is not None:
         out.append("metrics (brand-wide over the campaign's window; metrics carry no campaign id):")

@@ -63,10 +63,12 @@ def test_the_runs_of_a_campaign_are_the_first_one_and_every_redrive() -> None:
 
 def test_a_log_line_is_the_campaigns_by_its_bound_id_or_its_message_not_by_the_run_id() -> None:
     cid = "b.d.0123456789ab"
-    assert trace.belongs({"event": "render failed: S1 × thumb", "campaign_id": cid}, cid)
-    assert trace.belongs({"event": f"shard 0 of {cid} done"}, cid)
-    assert not trace.belongs({"event": "Pushing xcom", "run_id": f"drop__{cid}"}, cid)
-    assert not trace.belongs({"event": "x", "campaign_id": "other"}, cid)
+    assert trace.belongs({"event": "render failed: S1 × thumb", "campaign_id": cid, "logger": "atelier.rendering"}, cid)
+    assert trace.belongs({"event": f"shard 0 of {cid} done", "logger": "atelier"}, cid)
+    assert trace.belongs({"event": "Task failed with exception", "level": "error", "logger": "task"}, cid)
+    assert not trace.belongs({"event": "Pushing xcom", "run_id": f"drop__{cid}", "level": "info"}, cid)
+    # a library's chatter inside a bound task is not the campaign's story
+    assert not trace.belongs({"event": "Loading datasources", "campaign_id": cid, "logger": "great_expectations"}, cid)
 
 
 def test_the_airflow_part_keeps_each_try_s_lines_of_the_campaign() -> None:
@@ -74,7 +76,7 @@ def test_the_airflow_part_keeps_each_try_s_lines_of_the_campaign() -> None:
     base = f"/api/v2/dags/catalog_drop/dagRuns/{run}"
     logs = {
         1: [
-            {"timestamp": "t1", "event": "boom", "campaign_id": cid, "sku": "S1"},
+            {"timestamp": "t1", "event": "boom", "campaign_id": cid, "sku": "S1", "logger": "atelier.rendering"},
             {"timestamp": "t1", "event": "Pushing xcom"},
         ],
         2: [{"timestamp": None, "event": f"::group:: {cid}"}, {"timestamp": "t2", "event": f"shard 0 of {cid} done"}],
