@@ -71,6 +71,8 @@ def shot(page: Any, name: str) -> Path:
 
 @pytest.mark.timeout(1800)  # the drop may wait behind other runs (catalog_drop runs 4 at a time)
 def test_campaigns_page_in_the_airflow_ui(finished_drop: dict[str, Any], browser: Any) -> None:
+    from playwright.sync_api import expect
+
     base = settings().airflow_url.rstrip("/")
     cid, run_id, drop_id = finished_drop["campaign_id"], finished_drop["run_id"], finished_drop["drop_id"]
     context = browser.new_context(viewport={"width": 1480, "height": 1000})
@@ -109,7 +111,7 @@ def test_campaigns_page_in_the_airflow_ui(finished_drop: dict[str, Any], browser
     for i in range(SKUS - 2):
         img = thumbs.nth(i)
         img.scroll_into_view_if_needed()
-        page.wait_for_function("img => img.complete", arg=img.element_handle())
+        expect(img).to_have_js_property("complete", True)  # loaded (or broken: naturalWidth tells)
         assert img.evaluate("img => img.naturalWidth") > 0, img.get_attribute("src")
     assert "/plugin/campaigns/atelier-ui/campaigns/" in page.url  # the UI's address follows the frame
     assert frame.locator("#report-link").get_attribute("href").endswith("/report.json")
