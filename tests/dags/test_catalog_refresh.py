@@ -27,7 +27,9 @@ def runs_between(dag, start: datetime, end: datetime) -> list[datetime]:
 
     out, last = [], None
     restriction = TimeRestriction(earliest=start, latest=end, catchup=True)
-    while (info := dag.timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)) is not None:
+    while (
+        info := dag.timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+    ) is not None:
         out.append(info.run_after)
         last = info.data_interval
     return out
