@@ -51,11 +51,11 @@ def refresh_dag(slug: str, refresh: catalog.Refresh) -> None:
             trigger_run_id="{{ ti.xcom_pull(task_ids='prepare')['run_id'] }}",
             conf="{{ ti.xcom_pull(task_ids='prepare')['conf'] }}",
             logical_date=None,
-            skip_when_already_exists=True,  # re-running a night finds its drop
+            # re-running a night (or a retry of this wait) finds its drop: skipped, and commit decides
+            skip_when_already_exists=True,
             wait_for_completion=True,
             deferrable=True,  # waiting for the drop holds no worker slot
             poke_interval=15,
-            retries=0,  # a failed drop is not fixed by waiting again: commit decides what is kept
             note=f"nightly refresh of {slug}",
         )
         committed = task(
@@ -64,7 +64,7 @@ def refresh_dag(slug: str, refresh: catalog.Refresh) -> None:
             trigger_rule="all_done",  # also after a failed or skipped (already existing) drop
             retries=12,  # while the drop is still running (a retried wait that found it existing)
             retry_delay=timedelta(minutes=5),
-        )(outcome)
+        )()
         has_drop >> drop >> committed
 
     refresh_brand()

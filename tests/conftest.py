@@ -86,3 +86,14 @@ def provider_cfg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None
     monkeypatch.setattr(providers, "configs", lambda: {**base, **overrides})
     yield override
     providers.get_provider.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_log_context() -> Iterator[None]:
+    """Steps bind their campaign to the log context for the rest of the task (``atelier.logs.bind``:
+    one task per process in Airflow). Tests run many steps in one process: start each clean."""
+    import structlog
+
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()

@@ -168,20 +168,27 @@ def refresh_has_drop(outcome: dict[str, Any]) -> bool:
     return outcome["state"] == "planned"
 
 
-def refresh_commit(outcome: dict[str, Any]) -> dict[str, Any]:
+def refresh_commit(ti: Any = None) -> dict[str, Any]:
     """After the night's drop: the catalog moves forward for what it rendered
     (``atelier.refresh.commit``); the rest waits for the next night. Fails the refresh run when the
-    drop failed (after committing what it did render); retried while the drop still runs."""
+    drop failed (after committing what it did render); retried while the drop still runs. Reads
+    ``prepare``'s result itself: when prepare failed there is nothing to commit, and the task fails
+    at once instead of retrying (it runs after any end of the drop task, ``all_done``)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from atelier import metrics
     from atelier.refresh import commit
 
+    outcome = ti.xcom_pull(task_ids="prepare")
+    if not outcome:
+        raise AirflowFailException("the night's prepare did not finish (see its log): nothing to commit")
     with from_connections() as res:
         done = commit(res, outcome["brand"], outcome["night"])
     print(done)
     if done.get("campaign_state") in ("complete", "partial"):
         metrics.refresh_fresh(outcome["brand"])
-    elif done.get("campaign_state") in ("failed", "rejected"):
-        raise RuntimeError(
+    elif done.get("campaign_state") in ("failed", "rejected"):  # final: retrying changes nothing
+        raise AirflowFailException(
             f"the night's campaign {outcome['campaign_id']} is {done['campaign_state']}; "
             f"{done.get('retry_next_night', '?')} SKUs are left for the next night"
         )
