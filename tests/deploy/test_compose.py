@@ -549,11 +549,13 @@ def test_the_image_copies_files_that_exist_and_reach_the_build():
     assert re.search(r"^COPY .*config/ ", dockerfile, re.M)
     assert dockerfile_problems(dockerfile, ignore, ROOT) == []
 
-    found = dockerfile_problems(dockerfile + "COPY docs/ /opt/docs/\n", ignore.replace("config/local.env\n", ""), ROOT)
+    found = dockerfile_problems(
+        dockerfile + "COPY no-such-dir/ /opt/no-such-dir/\n", ignore.replace("config/local.env\n", ""), ROOT
+    )
     assert found == [
         "config/local.env is not kept out of the image",
-        "COPY docs: no such file",
-        "COPY docs: excluded by docker/Dockerfile.dockerignore",
+        "COPY no-such-dir: no such file",
+        "COPY no-such-dir: excluded by docker/Dockerfile.dockerignore",
     ]
 
 
