@@ -38,11 +38,14 @@ def has_data(expr: str, start: float, end: float) -> bool:
     return any(math.isfinite(float(v)) for series in result for _, v in series["values"])
 
 
-def until(check: Any, what: str, timeout: float = 300) -> None:
-    """Waits for Prometheus to have scraped (every 15 s) and evaluated (every 30 s) what happened."""
+def until(check: Any, what: Any, timeout: float = 300) -> None:
+    """Waits for Prometheus to have scraped (every 15 s) and evaluated (every 30 s) what happened;
+    `what` (a string, or a callable for one computed at failure time) names what never arrived."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"not in Prometheus after {timeout:.0f} s: {what}"
+        assert time.monotonic() < deadline, (
+            f"not in Prometheus after {timeout:.0f} s: {what() if callable(what) else what}"
+        )
         time.sleep(5)
 
 
@@ -100,7 +103,7 @@ def test_every_panel_returns_data_after_drops(tmp_path: Path) -> None:
         missing[:] = [(uid, title, e) for uid, title, e in exprs if not has_data(e, start - 120, time.time())]
         return not missing
 
-    until(all_have_data, "every panel's data", timeout=240)
+    until(all_have_data, lambda: "panels without data: " + "; ".join(f"{u}/{t}: {e}" for u, t, e in missing), 240)
     assert not missing
     print(f"{len(exprs)} panel queries on {len({u for u, _, _ in exprs})} dashboards returned data")
 
