@@ -77,6 +77,9 @@ def series_seen(camp: Any, chain: list[str]) -> None:
             pipe.incr(f"campaign.{camp.brand}.{cls}.{outcome}", 0)
         for outcome in ("succeeded", "reused", "failed"):
             pipe.incr(f"campaign.{camp.brand}.renders.{outcome}", 0)
+        for provider in chain:  # atelier.cost's counters
+            for kind in ("calls", "render_s", "money", "slot_s", "saved"):
+                pipe.incr(f"cost.{provider}.{camp.brand}.{kind}", 0)
         pipe.send()
 
 
@@ -198,6 +201,28 @@ def outbox_gauges(depth: int, oldest_age_s: float, dead_letters: int) -> None:
         client().gauge("outbox.depth", depth)
         client().gauge("outbox.oldest_age_s", round(oldest_age_s, 1))
         client().gauge("outbox.dead_letters", dead_letters)
+
+
+def render_spent(provider: str, brand: str, calls: int, render_s: float, money: float) -> None:
+    """What one claim of a render spent at ``provider`` (``atelier.cost``), sent when it is recorded
+    in the ledger (once per claim): ``atelier_cost_calls_total``, ``atelier_cost_render_seconds_total``
+    and ``atelier_cost_money_total`` (in the provider's price-table currency)."""
+    with suppress(OSError):
+        client().incr(f"cost.{provider}.{brand}.calls", calls)
+        client().incr(f"cost.{provider}.{brand}.render_s", round(render_s, 3))
+        client().incr(f"cost.{provider}.{brand}.money", round(money, 6))
+
+
+def slot_spent(provider: str, brand: str, seconds: float) -> None:
+    """One stretch of a shard's work held a worker slot this long: ``atelier_cost_slot_seconds_total``."""
+    with suppress(OSError):
+        client().incr(f"cost.{provider}.{brand}.slot_s", round(seconds, 3))
+
+
+def cost_saved(provider: str, brand: str, money: float) -> None:
+    """What re-used renders saved a campaign (sent at its first finalize): ``atelier_cost_saved_total``."""
+    with suppress(OSError):
+        client().incr(f"cost.{provider}.{brand}.saved", round(money, 6))
 
 
 def deadline_missed(brand: str, priority: str, size_class: str) -> None:

@@ -47,15 +47,19 @@ class ProviderJobsTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from atelier import cost
         from atelier.providers import get_provider
 
         provider: Any = get_provider(self.provider)
+        spent: dict[str, dict[str, Any]] = {}  # calls per job, counted by each poll's own meter
         statuses: dict[str, dict[str, Any]] = {}
         pending = list(self.job_ids)
         while pending and time.time() < self.deadline:
             # The provider's own poll (breaker, shared rate limit, deadline, size caps) in threads:
             # the same rules as the sync path, never a second implementation of them.
-            results = await asyncio.gather(*(asyncio.to_thread(provider.poll_status, j) for j in pending))
+            results = await asyncio.gather(
+                *(asyncio.to_thread(cost.poll_metered, provider.poll_status, j, spent) for j in pending)
+            )
             still = []
             for job_id, status in zip(pending, results, strict=True):
                 if status is not None and status["status"] in ("succeeded", "failed", "gone"):
@@ -69,4 +73,4 @@ class ProviderJobsTrigger(BaseTrigger):
             statuses[job_id] = {"status": "unknown", "error": "not finished by the trigger's deadline"}
         if (wait := self.not_before - time.time()) > 0:
             await asyncio.sleep(wait)
-        yield TriggerEvent({"statuses": statuses})
+        yield TriggerEvent({"statuses": cost.with_spent(statuses, spent)})  # each job's polls (atelier.cost)

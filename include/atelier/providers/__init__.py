@@ -18,7 +18,9 @@ __all__ = ["Capabilities", "Provider", "chain", "config", "configs", "get_provid
 
 
 def configs() -> dict[str, dict[str, Any]]:
-    return load_config("providers.json")
+    from atelier.cost import check_prices
+
+    return check_prices(load_config("providers.json"))  # a bad price table fails at load, named
 
 
 PROVIDERS = tuple(configs())
@@ -45,6 +47,13 @@ def chain(name: str) -> list[str]:
 
 @cache
 def get_provider(name: str) -> Provider:
+    """The provider object, its HTTP clients counting each request as a call (``atelier.cost``)."""
+    from atelier.cost import meter_clients
+
+    return meter_clients(_build(name))
+
+
+def _build(name: str) -> Provider:
     kind = config(name)["kind"]
     if kind == "studio":
         from atelier.providers.studio import StudioRenderer
