@@ -315,6 +315,7 @@ class Claimed:
     attempts: int
     fingerprint: str = ""  # the input content fingerprint taken at plan time
     job_ref: str | None = None  # a provider job still running for this render ("<service>:<job id>")
+    attempt: int = 1  # the campaign attempt it belongs to: > 1 once a retry re-queued it (atelier.retry)
 
 
 # A lease owner is "<task instance>#<try>" (or any string without '#'). A try takes over at once the
@@ -344,7 +345,7 @@ def claim(
                FROM todo, skus s
                WHERE r.campaign_id = todo.campaign_id AND r.sku = todo.sku AND r.spec = todo.spec
                  AND s.campaign_id = r.campaign_id AND s.sku = r.sku
-               RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts, s.fingerprint, r.job_ref""",
+               RETURNING r.sku, r.spec, r.render_key, s.image_uri, r.attempts, s.fingerprint, r.job_ref, r.attempt""",
             {"cid": campaign_id, "shard": shard, "owner": owner, "limit": limit, "lease": lease_seconds},
         )
         claimed = sorted((Claimed(*r) for r in cur.fetchall()), key=lambda c: (c.sku, c.spec))

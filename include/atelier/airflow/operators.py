@@ -37,9 +37,12 @@ class RenderShardOperator(BaseOperator):
         self.shard = shard
 
     def execute(self, context: Any) -> dict[str, int]:
-        from atelier import providers, rendering
+        from atelier import providers, rendering, retry
 
         context["shard_label"] = self.shard["label"]
+        with from_connections() as res:
+            # cleared in the UI after its run finished: the shard's retryable failures are re-run
+            retry.reopen_cleared_shard(res.conn, self.shard["campaign_id"], self.shard["shard"], context["run_id"])
         if not providers.config(self.shard["provider"]).get("deferrable", False):
             with from_connections() as res:
                 return rendering.render_shard(res, self.shard["campaign_id"], self.shard["shard"], lease_owner(context))

@@ -39,7 +39,12 @@ def validate(params: Any = None) -> dict[str, Any]:
     from atelier.campaign import validate_drop
 
     with bad_input_fails_for_good(), from_connections() as res:
-        return validate_drop(res, _request(params))
+        req = _request(params)
+        if (params or {}).get("retry_of"):  # a retry of a registered campaign: nothing new to validate
+            from atelier.retry import validated
+
+            return validated(res.conn, (params or {})["retry_of"])
+        return validate_drop(res, req)
 
 
 def register(validated: dict[str, Any], params: Any = None, run_id: str | None = None) -> str:
