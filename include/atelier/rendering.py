@@ -16,7 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atelier import catalog, ledger, logs, metrics, providers
+from atelier import catalog, cost, ledger, logs, metrics, providers
 from atelier.catalog import OutputSpec
 from atelier.images import BadImage, check_output
 from atelier.providers import Provider, get_provider
@@ -39,6 +39,7 @@ class Rendered:
     error: str | None = None  # permanent failure of this render, with the reason
     unavailable: str | None = None  # no provider could take it: back to pending, not failed
     existing: dict[str, Any] | None = None  # an object an earlier try wrote (its HEAD), used as is
+    spent: list[dict[str, Any]] | None = None  # what this claim spent per provider (atelier.cost)
 
 
 def _written_before(ctx: ShardContext, storage: Storage, c: ledger.Claimed) -> Rendered | None:
@@ -73,7 +74,9 @@ def render_with_chain(
         reasons, all_open = [], True
         for provider in chain:
             try:
-                return provider.render(source, spec, brand, key_for(provider.name)), provider.name
+                with cost.work(provider.name, in_process=provider.capabilities.mode == "sync"):
+                    data = provider.render(source, spec, brand, key_for(provider.name))
+                return data, provider.name
             except (BadImage, PermanentError, CoordinationUnavailable):
                 raise
             except BreakerOpen as exc:
@@ -117,15 +120,18 @@ def _render_sku(ctx: ShardContext, storage: Storage, items: list[ledger.Claimed]
     out = list(done.values())
     for c in items:
         started = time.perf_counter()
-        try:
-            data, served_by = render_with_chain(ctx.chain, source, ctx.specs[c.spec], ctx.brand, ctx.asked_keys(c))
-        except (BadImage, PermanentError) as exc:
-            out.append(Rendered(c, error=f"input {c.image_uri}: {exc}" if isinstance(exc, BadImage) else str(exc)))
-            continue
-        except TransientError as exc:
-            out.append(Rendered(c, unavailable=str(exc)))
-            continue
-        out.append(Rendered(c, data, served_by, round((time.perf_counter() - started) * 1000)))
+        with cost.metering() as meter:  # what this render spends, per provider of the chain
+            try:
+                data, served_by = render_with_chain(ctx.chain, source, ctx.specs[c.spec], ctx.brand, ctx.asked_keys(c))
+            except (BadImage, PermanentError) as exc:
+                error = f"input {c.image_uri}: {exc}" if isinstance(exc, BadImage) else str(exc)
+                out.append(Rendered(c, error=error, spent=meter.spent()))
+                continue
+            except TransientError as exc:
+                out.append(Rendered(c, unavailable=str(exc), spent=meter.spent()))
+                continue
+        ms = round((time.perf_counter() - started) * 1000)
+        out.append(Rendered(c, data, served_by, ms, spent=meter.spent(served_by)))
     return out
 
 
@@ -195,6 +201,8 @@ def record(
     bucket = settings().renders_bucket
     for r in results:
         c, spec = r.claimed, ctx.specs[r.claimed.spec]
+        # What this claim spent, before its outcome and only while the lease is ours (atelier.cost)
+        cost.rendered_spent(res.conn, res.lock, ctx.brand.slug, campaign_id, c, owner, r.spent)
         if r.unavailable:
             with res.lock:
                 ledger.release_one(res.conn, campaign_id, c, owner)
@@ -315,6 +323,7 @@ def render_shard(
     output to S3 exactly once and records the outcome. A bad input fails only its own renders, with
     the reason; renders no provider could take go back to pending; an infrastructure error (ledger,
     S3) cancels the shard's queued work, releases the claims and raises so the task is retried."""
+    started = time.monotonic()  # worker slot time of this shard (atelier.cost) from here
     ctx = shard_context(res, campaign_id)
     # every line of this task (Airflow's too) names the shard; a task process runs one shard
     logs.bind(campaign_id=campaign_id, shard=shard, provider=ctx.chain[0].name, brand=ctx.brand.slug)
@@ -329,19 +338,23 @@ def render_shard(
     caps = ctx.chain[0].capabilities
     threads = 1 if caps.mode == "sync" else max(1, min(8, caps.max_in_flight))
     pool = ThreadPoolExecutor(threads)
-    try:
-        with LeaseKeeper(res, campaign_id, owner, lease_s):
-            futures = [pool.submit(_render_sku, ctx, res.storage, items) for items in by_sku.values()]
-            for future in as_completed(futures):
-                record(res, campaign_id, owner, ctx, future.result(), tally)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # no work whose result would be thrown away
-        released = _release_quietly(res, campaign_id, owner)
-        log.exception(
-            "shard %s of %s hit an infrastructure error; released %s claims for the retry", shard, campaign_id, released
-        )
-        raise
-    pool.shutdown()
+    with cost.slot(res, campaign_id, shard, owner, 0, ctx.chain[0].name, ctx.brand.slug, started):
+        try:
+            with LeaseKeeper(res, campaign_id, owner, lease_s):
+                futures = [pool.submit(_render_sku, ctx, res.storage, items) for items in by_sku.values()]
+                for future in as_completed(futures):
+                    record(res, campaign_id, owner, ctx, future.result(), tally)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no work whose result would be thrown away
+            released = _release_quietly(res, campaign_id, owner)
+            log.exception(
+                "shard %s of %s hit an infrastructure error; released %s claims for the retry",
+                shard,
+                campaign_id,
+                released,
+            )
+            raise
+        pool.shutdown()
     return finish_tally(campaign_id, shard, tally)
 
 
@@ -364,7 +377,24 @@ def submit_batch(
     paying for, a second one; each new job id is in the ledger before the task defers. Renders the
     primary cannot take now go through the fallbacks at once. Returns the jobs (JSON-able, for the
     trigger); [] when the shard has nothing left."""
+    started = time.monotonic()
     ctx = shard_context(res, campaign_id)
+    segment = _next_segment(tally, shard)
+    with cost.slot(res, campaign_id, shard, owner, segment, ctx.chain[0].name, ctx.brand.slug, started):
+        return _submit_batch(res, ctx, campaign_id, shard, owner, tally)
+
+
+def _next_segment(tally: dict[str, int], shard: int) -> int:
+    """The number of this stretch of a deferred shard's work (its worker slot time is recorded per
+    stretch, atelier.cost); the tally travels with the deferral, so each resume gets the next one."""
+    segment = tally.get("segments", 0)
+    tally["segments"], tally["shard"] = segment + 1, shard
+    return segment
+
+
+def _submit_batch(
+    res: Resources, ctx: ShardContext, campaign_id: str, shard: int, owner: str, tally: dict[str, int]
+) -> list[dict[str, Any]]:
     primary: Any = ctx.chain[0]
     service = ctx.producers[primary.name].service
     tokens = [t for t in [primary.in_flight.acquire(timeout=120)] if t]
@@ -391,38 +421,47 @@ def submit_batch(
             "fingerprint": c.fingerprint,
             "slot": token,
         }
-        try:
-            if c.attempts > MAX_ATTEMPTS:
-                raise PermanentError(f"gave up after {c.attempts - 1} attempts without an outcome")
-            if not token:
-                raise TransientError("no in-flight slot")
-            if c.attempts > 1 and (found := _written_before(ctx, res.storage, c)) is not None:
-                done.append(found)  # an earlier try wrote it and died before recording: take it
-                primary.in_flight.release(token)
-                continue
-            ref_service, _, ref_job = (c.job_ref or "").partition(":")
-            if ref_job and ref_service == service:
-                jobs.append({**job, "job_id": ref_job})  # still running at the provider: poll it again
-                continue
-            if c.image_uri not in sources:
-                sources[c.image_uri] = read_input(res.storage, c)
-            source = sources[c.image_uri]
-            if isinstance(source, Rendered):
-                done.append(replace(source, claimed=c))
-            else:
-                job_id = primary.submit(source, spec, ctx.brand, retry_key(c.render_key, c.attempt))
-                ledger.set_job_ref(res.conn, campaign_id, c, owner, f"{service}:{job_id}")
-                jobs.append({**job, "job_id": job_id})
-                continue
-        except PermanentError as exc:
-            done.append(Rendered(c, error=str(exc)))
-        except CoordinationUnavailable as exc:
-            done.append(Rendered(c, unavailable=str(exc)))
-        except (BreakerOpen, TransientError) as exc:
-            source = sources.get(c.image_uri)
-            done.append(_fallback(ctx, source if isinstance(source, bytes) else None, c, spec, exc))
-        if token:
-            primary.in_flight.release(token)
+        before = len(done)
+        with cost.metering() as meter:  # what this render's submit (or fallback) spends
+            submitted_at = time.time()
+            try:
+                try:
+                    if c.attempts > MAX_ATTEMPTS:
+                        raise PermanentError(f"gave up after {c.attempts - 1} attempts without an outcome")
+                    if not token:
+                        raise TransientError("no in-flight slot")
+                    if c.attempts > 1 and (found := _written_before(ctx, res.storage, c)) is not None:
+                        done.append(found)  # an earlier try wrote it and died before recording: take it
+                        primary.in_flight.release(token)
+                        continue
+                    ref_service, _, ref_job = (c.job_ref or "").partition(":")
+                    if ref_job and ref_service == service:
+                        jobs.append({**job, "job_id": ref_job})  # still running at the provider: poll it again
+                        continue
+                    if c.image_uri not in sources:
+                        sources[c.image_uri] = read_input(res.storage, c)
+                    source = sources[c.image_uri]
+                    if isinstance(source, Rendered):
+                        done.append(replace(source, claimed=c))
+                    else:
+                        job_id = primary.submit(source, spec, ctx.brand, retry_key(c.render_key, c.attempt))
+                        ledger.set_job_ref(res.conn, campaign_id, c, owner, f"{service}:{job_id}")
+                        jobs.append({**job, "job_id": job_id})
+                        continue
+                except PermanentError as exc:
+                    done.append(Rendered(c, error=str(exc)))
+                except CoordinationUnavailable as exc:
+                    done.append(Rendered(c, unavailable=str(exc)))
+                except (BreakerOpen, TransientError) as exc:
+                    source = sources.get(c.image_uri)
+                    done.append(_fallback(ctx, source if isinstance(source, bytes) else None, c, spec, exc))
+                if token:
+                    primary.in_flight.release(token)
+            finally:
+                for r in done[before:]:
+                    r.spent = meter.spent(r.served_by if r.data is not None else None)
+                if jobs and (jobs[-1]["sku"], jobs[-1]["spec"]) == (c.sku, c.spec):
+                    jobs[-1].update(spent=meter.spent(), submitted_at=submitted_at)
     record(res, campaign_id, owner, ctx, done, tally)
     return jobs
 
@@ -452,33 +491,55 @@ def complete_batch(
     """Deferred shards, on resume: fetches finished jobs' results and records every outcome as the
     sync path does; jobs the trigger saw unfinished go back to pending with their job id kept, so
     the next batch polls the same job (never a second one)."""
+    started = time.monotonic()
     ctx = shard_context(res, campaign_id)
+    shard = int(tally.get("shard", -1))
+    with cost.slot(
+        res, campaign_id, shard, owner, _next_segment(tally, shard), ctx.chain[0].name, ctx.brand.slug, started
+    ):
+        _complete_batch(res, ctx, campaign_id, owner, jobs, statuses, tally)
+
+
+def _complete_batch(
+    res: Resources,
+    ctx: ShardContext,
+    campaign_id: str,
+    owner: str,
+    jobs: list[dict[str, Any]],
+    statuses: dict[str, dict[str, Any]],
+    tally: dict[str, int],
+) -> None:
     with res.lock:
         ledger.take_over(res.conn, campaign_id, owner)  # resumed as a new try: the batch is ours now
     primary: Any = ctx.chain[0]
-    results = []
+    results: list[Rendered] = []
     for j in jobs:
         c = ledger.Claimed(
             j["sku"], j["spec"], j["render_key"], j["image_uri"], j["attempts"], j.get("fingerprint", ""), None
         )
         status = statuses.get(j["job_id"], {"status": "unknown", "error": "no status"})
-        try:
-            if status["status"] == "succeeded":
-                results.append(Rendered(c, primary.result(j["job_id"], status), primary.name))
-            elif status["status"] == "gone":  # the provider lost the job: submit it again next batch
-                with res.lock:
-                    ledger.set_job_ref(res.conn, campaign_id, c, owner, None)
-                results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']} is gone"))
-            elif status["status"] == "failed":
-                results.append(Rendered(c, error=f"{primary.name}: job {j['job_id']} failed: {status.get('error')}"))
-            else:
-                results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {status.get('error')}"))
-        except PermanentError as exc:
-            results.append(Rendered(c, error=str(exc)))
-        except Exception as exc:  # the result could not be fetched now: poll/fetch again next batch
-            results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {exc}"))
-        finally:
-            primary.in_flight.release(j["slot"])
+        # what the submit, the trigger's polls and the result fetch spent (atelier.cost)
+        with cost.metering(cost.job_meter(j, status, primary.name)) as meter:
+            try:
+                if status["status"] == "succeeded":
+                    results.append(Rendered(c, primary.result(j["job_id"], status), primary.name))
+                elif status["status"] == "gone":  # the provider lost the job: submit it again next batch
+                    with res.lock:
+                        ledger.set_job_ref(res.conn, campaign_id, c, owner, None)
+                    results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']} is gone"))
+                elif status["status"] == "failed":
+                    error = f"{primary.name}: job {j['job_id']} failed: {status.get('error')}"
+                    results.append(Rendered(c, error=error))
+                else:
+                    error = f"{primary.name}: job {j['job_id']}: {status.get('error')}"
+                    results.append(Rendered(c, unavailable=error))
+            except PermanentError as exc:
+                results.append(Rendered(c, error=str(exc)))
+            except Exception as exc:  # the result could not be fetched now: poll/fetch again next batch
+                results.append(Rendered(c, unavailable=f"{primary.name}: job {j['job_id']}: {exc}"))
+            finally:
+                primary.in_flight.release(j["slot"])
+        results[-1].spent = meter.spent(primary.name if results[-1].data is not None else None)
     record(res, campaign_id, owner, ctx, results, tally)
     tally["unavailable"] = 0  # those are pending again and the next batch takes them
 
