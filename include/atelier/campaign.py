@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from atelier import catalog, ledger, logs, metrics, notify, planning, providers
+from atelier import catalog, cost, ledger, logs, metrics, notify, planning, providers
 from atelier.catalog import ConfigError, OutputSpec
 from atelier.manifest import ManifestError, Report, check_manifest_uri, detect_format, iter_rows
 from atelier.providers import PROVIDERS
@@ -265,7 +265,8 @@ def review(res: Resources, campaign_id: str, qa: dict[str, Any] | None) -> dict[
     for r in rows:
         if r["state"] == "failed":
             reasons[(r["error"] or "unknown")[:160]] += 1
-    sheet_uri = _write_sheet(res, camp, {**summary, "state": "awaiting approval"}, rows)
+    spent = cost.campaign_cost(res.conn, campaign_id) or cost.summary({}, None)
+    sheet_uri = _write_sheet(res, camp, {**summary, "state": "awaiting approval", "cost": spent}, rows)
     return {
         "campaign_id": campaign_id,
         "brand": camp.brand,
@@ -312,8 +313,11 @@ def finalize(
     required = catalog.brand(camp.brand).approval is not None
     summary = apply_decision(summarize(camp, rows, qa), decision, required)
     bucket, prefix = settings().reports_bucket, f"campaigns/{campaign_id}"
+    # what it cost, per provider, priced now (atelier.cost); re-used renders as savings
+    spent = cost.campaign_cost(res.conn, campaign_id) or cost.summary({}, None)
     report = {
         **summary,
+        "cost": spent,
         "brand": camp.brand,
         "drop_id": camp.drop_id,
         "manifest_uri": camp.manifest_uri,
@@ -339,7 +343,7 @@ def finalize(
     report_uri = res.storage.put(
         bucket, f"{prefix}/report.json", json.dumps(report, indent=1, default=str).encode(), "application/json"
     )
-    sheet_uri = _write_sheet(res, camp, summary, rows)
+    sheet_uri = _write_sheet(res, camp, {**summary, "cost": spent}, rows)
     subscribers = catalog.brand(camp.brand).subscribers
     outcome = notify.Outcome(
         campaign_id, camp.brand, camp.drop_id, summary["state"], summary["counts"], report_uri, sheet_uri, subscribers
@@ -356,6 +360,8 @@ def finalize(
         approval=summary.get("approval"),
     )
     metrics.campaign_finished(camp, summary)
+    if camp.finished_at is None:  # once per campaign, like campaign_finished
+        cost.saved_metrics(camp.brand, spent, camp.provider)
     if subscribers:
         notify.deliver_soon(res.conn, campaign_id, secrets)
     log.info(
@@ -366,6 +372,7 @@ def finalize(
     )
     return {
         **summary,
+        "cost": spent,
         "brand": camp.brand,
         "drop_id": camp.drop_id,
         "report_uri": report_uri,

@@ -100,8 +100,18 @@ def _iso(t: datetime | None) -> str | None:
 
 
 def cost_of(row: dict[str, Any]) -> dict[str, Any] | None:
-    """What the campaign cost, once issue 9 part 5 records it; None (shown as "—") until then."""
-    return None
+    """What the campaign cost so far (``atelier.cost.summary``: per provider calls, render and worker
+    slot seconds, money; re-use savings), as ``with_costs`` attached it; None (shown as "—") while
+    nothing is recorded."""
+    return row.get("cost")
+
+
+def with_costs(conn: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with its campaign's cost (one query set for all of them)."""
+    from atelier import cost
+
+    costs = cost.campaign_costs(conn, [r["campaign_id"] for r in rows])
+    return [{**r, "cost": costs.get(r["campaign_id"])} for r in rows]
 
 
 def view(row: dict[str, Any], live: dict[str, int] | None) -> dict[str, Any]:
@@ -141,6 +151,7 @@ def view(row: dict[str, Any], live: dict[str, int] | None) -> dict[str, Any]:
         "progress_pct": round(100.0 * done / total, 1) if total else (100.0 if finished else 0.0),
         "qa_pass_rate": qa.get("success_ratio") if finished and "success_ratio" in qa and not row["dry_run"] else None,
         "cost": cost_of(row),
+        "cost_display": (cost_of(row) or {}).get("display"),
         "started_at": _iso(row["created_at"]),
         "finished_at": _iso(row["finished_at"]),
         "run_id": run_id,
@@ -169,7 +180,7 @@ def list_campaigns(
     conn.rollback()
     unfinished = [r["campaign_id"] for r in rows if r["finished_at"] is None or r["state"] not in FINISHED]
     live = live_counts(conn, unfinished)
-    return [view(r, live.get(r["campaign_id"])) for r in rows]
+    return [view(r, live.get(r["campaign_id"])) for r in with_costs(conn, rows)]
 
 
 def get_campaign(conn: Any, campaign_id: str) -> dict[str, Any] | None:
@@ -179,7 +190,7 @@ def get_campaign(conn: Any, campaign_id: str) -> dict[str, Any] | None:
     conn.rollback()
     if not rows:
         return None
-    return view(rows[0], live_counts(conn, [campaign_id])[campaign_id])
+    return view(with_costs(conn, rows)[0], live_counts(conn, [campaign_id])[campaign_id])
 
 
 def campaign_of_run(conn: Any, run_id: str) -> str | None:

@@ -188,7 +188,9 @@ def test_list_and_campaign_page_show_counts_qa_failures_and_links(client: TestCl
     va = listed[a["campaign_id"]]
     assert (va["rendered"], va["reused"], va["failed"], va["total"], va["done"]) == (6, 0, 2, 8, 8)
     assert va["state"] == a["state"] and va["finished"] and va["qa_pass_rate"] == pytest.approx(0.75)
-    assert va["cost"] is None  # not recorded yet: the page shows "—", never a made-up figure
+    # what it cost, as recorded while it rendered (atelier.cost): studio calls = render invocations
+    assert va["cost"]["providers"]["studio"]["calls"] == 8 and va["cost"]["providers"]["studio"]["images"] == 6
+    assert va["cost_display"] == va["cost"]["display"] and va["cost"]["display"].startswith("$")
     assert [c["campaign_id"] for c in client.get("/api/campaigns", params={"state": b["state"]}).json()].count(
         b["campaign_id"]
     ) == 1
