@@ -197,6 +197,42 @@ def _candidates(
     return requeue, keep
 
 
+def _refingerprint(
+    cur: Any, campaign_id: str, items: list[dict[str, Any]], storage: Any, brand: str, provider: str, specs: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Items whose SKU has no usable fingerprint (its input failed when the drop was planned) get
+    one now, and their renders the render key that goes with it; (usable now, still unusable)."""
+    from atelier import catalog, ledger, providers
+    from atelier.catalog import OutputSpec
+
+    cur.execute(
+        "SELECT sku, image_uri, fingerprint FROM skus WHERE campaign_id = %s AND sku = ANY(%s)",
+        (campaign_id, sorted({i["sku"] for i in items})),
+    )
+    unusable = {sku: uri for sku, uri, fp in cur.fetchall() if not ledger.usable_fingerprint(fp)}
+    if not unusable:
+        return items, []
+    fresh = storage.fingerprints(sorted(set(unusable.values()))) if storage is not None else {}
+    by_spec = {s["name"]: OutputSpec(s["name"], s["width"], s["height"], s["format"]) for s in specs}
+    producer = providers.producer(provider, catalog.brand(brand))
+    ok, bad = [], []
+    for i in items:
+        if i["sku"] not in unusable:
+            ok.append(i)
+            continue
+        fp = fresh.get(unusable[i["sku"]], "")
+        if not fp or not ledger.usable_fingerprint(fp):
+            bad.append({**i, "error": f"input {unusable[i['sku']]}: still unreadable ({fp or 'not fingerprinted'})"})
+            continue
+        cur.execute("UPDATE skus SET fingerprint = %s WHERE campaign_id = %s AND sku = %s", (fp, campaign_id, i["sku"]))
+        cur.execute(
+            "UPDATE renders SET render_key = %s WHERE campaign_id = %s AND sku = %s AND spec = %s",
+            (catalog.render_key(fp, by_spec[i["spec"]], producer), campaign_id, i["sku"], i["spec"]),
+        )
+        ok.append(i)
+    return ok, bad
+
+
 def _requeue(cur: Any, campaign_id: str, attempt: int, items: list[dict[str, Any]], closing_run: str | None) -> int:
     """Closes the current attempt of each render (kept in render_attempts) and puts it back to
     pending as ``attempt``, in new shards after the campaign's existing ones. Returns the shard count."""
@@ -244,6 +280,7 @@ def prepare(
     force: bool = False,
     dry_run: bool = False,
     requested_by: str | None = None,
+    storage: Any = None,
 ) -> RetryPlan:
     """Re-queues the campaign's retryable failed renders as its next attempt and returns the run
     (id and conf) that must render them; ``dry_run`` changes nothing and returns what it would do.
@@ -254,7 +291,9 @@ def prepare(
     ``render_attempts``, sets it pending in new shards, and marks the campaign ``planned`` with
     ``last_run_id`` = the retry run, so the reaper sees that run as the campaign's. Input-caused
     failures are kept unless ``force``; ``reason_contains`` only looks at failures whose reason
-    contains that text (case-insensitive)."""
+    contains that text (case-insensitive). A render whose input could not be fingerprinted when
+    the drop was planned (its host timed out, say) is fingerprinted again with ``storage`` and
+    re-queued under its new render key only if that works now (without ``storage``: kept)."""
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -275,6 +314,9 @@ def prepare(
                     "retry once it has finished"
                 )
             requeue, keep = _candidates(cur, campaign_id, reason_contains, force)
+            if not dry_run:
+                requeue, unreadable = _refingerprint(cur, campaign_id, requeue, storage, brand, provider, specs)
+                keep += unreadable
             new_attempt = attempt + 1
             run_id = run_id_for(campaign_id, new_attempt)
             conf = {

@@ -502,3 +502,23 @@ def test_clearing_a_render_shard_reruns_its_retryable_failures(
     assert all(len(a) == 2 for a in retry.history(res.conn, cid).values())
     # while a first run is still running (not finished), clearing changes nothing
     assert retry.reopen_cleared_shard(res.conn, "no-such-campaign", 0, run_id) == 0
+
+
+def test_a_forced_retry_fingerprints_again_an_input_missing_when_planned(res: Resources, tmp_path: Path, uid: str):
+    base = f"s3://{settings().inbox_bucket}/tests/{uid}"
+    make_catalog(4, tmp_path, base + "/images", seed=int(uid[:6], 16))
+    manifest = upload(res.storage, tmp_path, base)
+    gone = sorted((tmp_path / "images").iterdir())[0]
+    bucket, key = f"{settings().inbox_bucket}", f"tests/{uid}/images/{gone.name}"
+    res.storage.client.delete_object(Bucket=bucket, Key=key)
+    first = run_drop(res, DropRequest.from_params(params(manifest)), f"drop__{uid}")
+    cid = first["campaign_id"]
+    assert first["counts"] == {"succeeded": 6, "reused": 0, "failed": 2}
+    # without S3 to look again, an input that was unreadable when planned cannot be re-queued
+    with pytest.raises(retry.RetryRefused, match="nothing to retry"):
+        retry.prepare(res.conn, cid, force=True)
+    res.storage.client.put_object(Bucket=bucket, Key=key, Body=gone.read_bytes())  # the brand uploads it
+    rp = retry.prepare(res.conn, cid, force=True, storage=res.storage)
+    assert len(rp.requeued) == 2 and {r["kind"] for r in rp.requeued} == {retry.INPUT}
+    done = _run_retry(res, rp)
+    assert done["state"] == "complete" and done["counts"] == {"succeeded": 8, "reused": 0, "failed": 0}
