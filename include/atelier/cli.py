@@ -125,6 +125,52 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Re-runs a finished campaign's retryable failed renders as its next attempt (atelier.retry).
+    Exit 0 started (or, with --dry-run, would start), 1 refused (the reason on stderr)."""
+    from atelier import ledger, retry
+
+    conn = driver.open_ledger()
+    try:
+        found = ledger.find_campaigns(conn, args.campaign)
+        if not found:
+            raise UsageError(f"no campaign matches {args.campaign!r}")
+        exact = [c for c in found if args.campaign in (c.campaign_id, c.dag_run_id, c.last_run_id)]
+        if len(exact) != 1 and len(found) > 1:
+            raise UsageError(f"{args.campaign!r} matches {len(found)} campaigns: give the full id")
+        cid = (exact or found)[0].campaign_id
+        af = None
+
+        def trigger(run_id: str, conf: dict[str, object]) -> bool:
+            nonlocal af
+            from atelier.airflow_api import Airflow
+
+            af = Airflow.connect()
+            return af.trigger(run_id, conf)[1]
+
+        try:
+            out = retry.request(
+                conn,
+                cid,
+                trigger,
+                reason_contains=args.reason_contains,
+                force=args.force,
+                dry_run=args.dry_run,
+                requested_by=f"cli:{os.environ.get('USER', '?')}",
+                storage=driver.open_storage(),
+            )
+        except (retry.RetryRefused, retry.RetryNotStarted) as exc:
+            print(f"retry refused: {exc}" if isinstance(exc, retry.RetryRefused) else str(exc), file=sys.stderr)
+            return EXIT_INVALID
+    finally:
+        conn.close()
+    print(json.dumps(out, default=str, indent=1 if args.dry_run else None))
+    if args.wait and af is not None:
+        state = driver.wait_for_run(af, out["dag_run_id"], cid)
+        return status_of(cid, as_json=False) if state == "success" else EXIT_INVALID
+    return EXIT_OK
+
+
 def status_of(ident: str, as_json: bool) -> int:
     from atelier import ledger
 
@@ -461,6 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-airflow", action="store_true", help="ledger (and metrics) only")
     tr.add_argument("--no-metrics", action="store_true", help="skip Prometheus")
     tr.set_defaults(func=cmd_trace)
+
+    rt = sub.add_parser(
+        "retry",
+        help="re-run a finished campaign's failed renders that failed transiently or at the provider, as a new attempt",
+    )
+    rt.add_argument("campaign", help="campaign id (or a unique prefix, or a run id of it)")
+    rt.add_argument("--reason-contains", metavar="TEXT", help="only failures whose reason contains TEXT (any case)")
+    rt.add_argument("--force", action="store_true", help="re-run input-caused failures too (bad packshot, no product…)")
+    rt.add_argument("--dry-run", action="store_true", help="show what would be re-run; change nothing")
+    rt.add_argument("--wait", action="store_true", help="wait for the retry run, then print the campaign's status")
+    rt.set_defaults(func=cmd_retry)
 
     d = sub.add_parser("demo", help="run a sample drop end to end on the local stack")
     d.add_argument("--skus", type=int, default=200)

@@ -579,3 +579,45 @@ def retry_key(key: str, attempt: int) -> str:
     the same corrupt bytes — so a retried render must ask anew (its output is still filed under the
     render key)."""
     return key if attempt <= 1 else f"{key}.retry{attempt}"
+
+
+class RetryNotStarted(Exception):
+    """The retry is recorded in the ledger but its Airflow run could not be started."""
+
+
+def request(
+    conn: Any,
+    campaign_id: str,
+    trigger: Any,
+    *,
+    reason_contains: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    requested_by: str | None = None,
+    storage: Any = None,
+) -> dict[str, Any]:
+    """What the CLI, the product API and the campaign page call: :func:`prepare`, then
+    ``trigger(run_id, conf)`` (starts the Airflow run, or finds it: the run id is deterministic;
+    returns whether it created it). Raises RetryRefused, or RetryNotStarted when Airflow refused
+    the run: the renders are pending under the retry's run id, and the reaper re-drives a campaign
+    left that way (no active run, work left) within about 10 minutes."""
+    plan = prepare(
+        conn,
+        campaign_id,
+        reason_contains=reason_contains,
+        force=force,
+        dry_run=dry_run,
+        requested_by=requested_by,
+        storage=storage,
+    )
+    out = plan.as_dict()
+    if dry_run:
+        return out
+    try:
+        created = bool(trigger(plan.run_id, plan.conf))
+    except Exception as exc:
+        raise RetryNotStarted(
+            f"attempt {plan.attempt} of {campaign_id} is queued ({len(plan.requeued)} renders pending) but run "
+            f"{plan.run_id} could not be started: {exc}; the reaper re-drives it within about 10 minutes"
+        ) from exc
+    return {**out, "created": created}

@@ -43,6 +43,15 @@ class DropSubmission(BaseModel):
     dry_run: bool = False
 
 
+class RetryRequest(BaseModel):
+    """Which failed renders a retry re-runs: all retryable ones by default; ``reason_contains``
+    narrows to reasons containing that text; ``force`` also re-runs input-caused ones."""
+
+    reason_contains: str | None = Field(default=None, max_length=500)
+    force: bool = False
+    dry_run: bool = False
+
+
 def drop_id_for(request_id: str) -> str:
     """The drop id of a product request: the request id itself when it is a valid drop id, else a
     digest of it (stable across repeats either way)."""
@@ -180,5 +189,16 @@ def create_app() -> FastAPI:
         if resp.status_code != 200:
             raise HTTPException(status_code=resp.status_code, detail=_detail(resp))
         return _view(resp.json())
+
+    @app.post("/v1/campaigns/{campaign_id}/retry", dependencies=[_requires_run_access("POST")])
+    def retry_campaign(campaign_id: str, request: Request, body: RetryRequest | None = None) -> dict[str, Any]:
+        """Re-runs the campaign's failed renders whose failure was transient or the provider's as a
+        new attempt of the same campaign (run ``retry__<campaign>__<attempt>``), keeping those its
+        input caused unless ``force``. 404 unknown campaign; 409 refused, saying why (still
+        running, nothing retryable); 502 Airflow would not start the run."""
+        from atelier.airflow.ui import _airflow_ledger, _airflow_s3, _retry
+
+        body = body or RetryRequest()
+        return _retry(request, campaign_id, body.model_dump(), _airflow_ledger, _airflow_s3, via="product API")
 
     return app

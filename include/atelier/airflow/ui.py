@@ -61,6 +61,15 @@ ACTIONS: list[dict[str, Any]] = [
         "method": "POST",
         "applies": lambda view: bool(view["run_id"]),
     },
+    {
+        "id": "retry-failed",
+        "label": "Retry failed renders",
+        "help": "Re-runs, as a new attempt of this campaign, the failed renders whose failure was transient or "
+        "the provider's (timeouts, 5xx, rate limits, breaker, corrupt output); those caused by their input "
+        "(undecodable packshot, bomb, no product) are kept. The campaign is finalized again.",
+        "method": "POST",
+        "applies": lambda view: view["finished"] and view["state"] in FINISHED and view["failed"] > 0,
+    },
 ]
 
 
@@ -555,12 +564,72 @@ def create_app(
             }
         )
 
+    @app.post("/campaigns/{campaign_id}/actions/retry-failed", dependencies=[_access("POST")])
+    async def retry_failed(campaign_id: str, request: Request) -> JSONResponse:
+        """Re-queues the campaign's retryable failed renders as its next attempt and starts the
+        retry run (atelier.retry). JSON body (optional): ``force``, ``reason_contains``."""
+        if not request.headers.get("content-type", "").startswith("application/json"):
+            raise HTTPException(status_code=415, detail="send application/json")
+        body = await request.json() if await request.body() else {}
+        return JSONResponse(_retry(request, campaign_id, body if isinstance(body, dict) else {}, connect, s3))
+
     # -- the nav icon (no data in it: served without a session) ---------------------------------------
     @app.get("/static/icon.svg")
     def icon() -> Response:
         return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
     return app
+
+
+def _retry(
+    request: Request,
+    campaign_id: str,
+    body: dict[str, Any],
+    connect: Callable[[], Any],
+    s3: Callable[[], Any],
+    via: str = "campaign page",
+) -> dict[str, Any]:
+    """One retry request (page action and product API): 404 unknown campaign, 409 refused (why),
+    502 when Airflow would not start the run; the run is started with the caller's token."""
+    from atelier import retry
+    from atelier.storage import Storage
+
+    def trigger(run_id: str, conf: dict[str, Any]) -> bool:
+        with _core(request) as core:
+            resp = core.post(
+                f"/dags/{DROP_DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
+            )
+        if resp.status_code not in (200, 201, 409):
+            raise RuntimeError(f"Airflow answered {resp.status_code}: {resp.text[:300]}")
+        return resp.status_code != 409
+
+    force, reason, dry = body.get("force", False), body.get("reason_contains"), body.get("dry_run", False)
+    if not isinstance(force, bool) or not isinstance(dry, bool) or not isinstance(reason, str | None):
+        raise HTTPException(status_code=422, detail="force and dry_run must be booleans, reason_contains a string")
+    conn = connect()
+    try:
+        out = retry.request(
+            conn,
+            campaign_id,
+            trigger,
+            reason_contains=reason or None,
+            force=force,
+            dry_run=dry,
+            requested_by=via,
+            storage=Storage(s3()),
+        )
+    except retry.RetryRefused as exc:
+        raise HTTPException(status_code=404 if "no campaign" in str(exc) else 409, detail=str(exc)) from exc
+    except retry.RetryNotStarted as exc:
+        raise HTTPException(status_code=502, detail=str(exc)) from exc
+    finally:
+        conn.close()
+    verb = "Would re-run" if dry else "Re-running"
+    out["message"] = (
+        f"{verb} {out['requeued']} failed render(s) as attempt {out['attempt']} (run {out['dag_run_id']}); "
+        f"{out['kept']} kept (caused by their input)."
+    )
+    return out
 
 
 def _run_states(request: Request, run_id: str | None) -> dict[str, str]:
