@@ -28,6 +28,11 @@ def collect(trigger: ProviderJobsTrigger) -> list[Any]:
     return asyncio.run(run())
 
 
+def outcome(payload: dict[str, Any]) -> dict[str, Any]:
+    """The event's statuses without what polling spent (calls, when seen finished)."""
+    return {j: {k: v for k, v in s.items() if k != "spent"} for j, s in payload["statuses"].items()}
+
+
 def submit(url: str, key: str, body: dict[str, Any]) -> str:
     for _ in range(50):  # the service fails a share of requests on purpose: submit until accepted
         resp = httpx.post(f"{url}/v1/jobs", json=body, headers={"Idempotency-Key": key})
@@ -47,7 +52,8 @@ def test_trigger_polls_every_job_to_the_end_and_is_safe_to_run_twice(monkeypatch
         revived = ProviderJobsTrigger(**trigger.serialize()[1])
         first, again = collect(trigger), collect(revived)  # a triggerer restart runs it again: same answer
     get_provider.cache_clear()
-    assert len(first) == 1 and first[0].payload == again[0].payload
+    # a triggerer restart gives the same statuses; what each run's polls spent (atelier.cost) is its own
+    assert len(first) == 1 and outcome(first[0].payload) == outcome(again[0].payload)
     statuses = first[0].payload["statuses"]
     assert [statuses[j]["status"] for j in jobs] == ["succeeded"] * 5
     assert statuses[bad]["status"] == "failed"
