@@ -19,6 +19,15 @@ How a call's outcome is classified (``HttpProvider._once``), and what the breake
   rate-limit slot not granted in time             Transient   not judged
   interrupted (KeyboardInterrupt, SystemExit)     re-raised   not judged
 
+How a job is waited for (``HttpProvider.await_job``), in as few requests as the provider allows:
+with ``long_poll_s`` the submit and each status GET carry ``Prefer: wait=N`` (RFC 7240), so a job
+that finishes within N seconds is answered by the request that submitted it; a provider that
+inlines small results (``inline_max_bytes``) answers that same request with the image. Where the
+provider holds nothing (``long_poll_s`` 0, or it did not apply the wait), polls are paced by the
+job: the provider's ``eta_s``/``Retry-After`` when it gives one, else a backoff doubling from
+``poll_interval_s`` up to ``max_poll_interval_s``. A held request's read timeout is the configured
+one plus the wait; the total deadline per call still applies (the wait is cut to fit in it).
+
 "Not judged" calls record nothing, except a half-open probe, which always records a failure so
 the breaker re-opens and hands out a new probe later instead of staying half-open. Error
 messages carry the method, the URL without its query, the status and a fixed reason: never the
@@ -79,13 +88,20 @@ def call_outcome(status: int | None, exc: BaseException | None) -> str:
 
 
 def retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
+    return retry_after_headers(resp.headers)
+
+
+def retry_after_headers(headers: httpx.Headers) -> float | None:
+    """``Retry-After`` in seconds (delay-seconds; fractions accepted), or None (absent, an HTTP
+    date, or nonsense)."""
+    value = headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return max(0.0, seconds) if seconds == seconds and seconds < 86400 else None
 
 
 MAX_ERROR_CHARS = 200
@@ -138,8 +154,16 @@ class HttpProvider:
         self.budget = RetryBudget(service, url=redis)
         metrics.provider_series_seen(service, self.breaker.state)
         self.attempts = int(cfg.get("attempts", 5))
-        self.poll_interval = float(cfg.get("poll_interval_s", 0.5))
+        self.poll_interval = float(cfg.get("poll_interval_s", 0.5))  # the shortest pause between polls
+        self.max_poll_interval = max(self.poll_interval, float(cfg.get("max_poll_interval_s", 5.0)))
         self.job_timeout = float(cfg["job_timeout_s"])
+        # Prefer: wait=N on submit and status, cut so a held request still ends within the total
+        # deadline with a full read timeout to spare.
+        room = self.total_timeout - float(cfg["read_timeout_s"]) - 1.0
+        self.long_poll_s = max(0.0, min(float(cfg.get("long_poll_s", 0.0)), room))
+        # Results inlined in the status document: never more than fits the JSON cap once base64'd.
+        room_b = (self.max_json_bytes - 16 * 1024) * 3 // 4
+        self.inline_max_bytes = max(0, min(int(cfg.get("inline_max_bytes", 0)), room_b))
 
     def auth_headers(self) -> dict[str, str]:
         return {}
@@ -158,24 +182,86 @@ class HttpProvider:
     def result(self, job_id: str, status: dict[str, Any]) -> bytes:
         raise NotImplementedError
 
+    def start(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> dict[str, Any]:
+        """Submits the job: its parsed status with ``id`` (a provider that can answer a finished job
+        on submit overrides this; by default the job is running)."""
+        return {"id": self.submit(source, spec, brand, key), "status": "running", "error": None}
+
     def render(self, source: bytes, spec: OutputSpec, brand: Brand, key: str) -> bytes:
         with self.slot():
-            job_id = self.submit(source, spec, brand, key)
-            status = self.wait_for(
-                lambda: self.parse_status(self.request_json("GET", self.status_path(job_id))),
-                lambda s: s["status"] in ("succeeded", "failed"),
-            )
+            status = self.start(source, spec, brand, key)
+            job_id = str(status["id"])
+            status = self.await_job(job_id, status)
             if status["status"] == "failed":
                 raise PermanentError(f"{self.name}: job {job_id} failed: {status.get('error')}")
             return self.result(job_id, status)
 
-    def poll_status(self, job_id: str) -> dict[str, Any] | None:
+    def prefer(self, wait: float, inline: bool) -> dict[str, str]:
+        """The ``Prefer`` header (RFC 7240) asking the provider to hold the answer up to ``wait``
+        seconds and to inline a small result; empty when there is nothing to ask."""
+        wanted = []
+        if wait > 0:
+            wanted.append(f"wait={max(1, int(wait))}")
+        if inline and self.inline_max_bytes:
+            wanted.append(f"inline-result={self.inline_max_bytes}")
+        return {"Prefer": ", ".join(wanted)} if wanted else {}
+
+    def held(self, wait: float, inline: bool) -> dict[str, Any]:
+        """Request options of a request the provider may hold ``wait`` seconds: the ``Prefer``
+        header and a read timeout longer by the wait (the client's own timeouts otherwise; never
+        ``timeout=None``, which httpx reads as no timeout at all)."""
+        options: dict[str, Any] = {"headers": self.prefer(wait, inline)}
+        if wait > 0:
+            t = self.timeout
+            options["timeout"] = httpx.Timeout(t.connect, connect=t.connect, read=(t.read or 0.0) + wait, write=t.write)
+        return options
+
+    def fetch_status(self, job_id: str, wait: float = 0.0, inline: bool = True) -> dict[str, Any]:
+        """One status request (with retries), held by the provider up to ``wait`` seconds: the
+        parsed status, plus ``waited`` (the provider applied the wait) and ``eta_s``."""
+        body, headers = self.request_json_headers("GET", self.status_path(job_id), **self.held(wait, inline))
+        return self.parse_with_pacing(body, headers)
+
+    def parse_with_pacing(self, body: Any, headers: httpx.Headers) -> dict[str, Any]:
+        """``parse_status`` plus how the provider paced the answer: ``waited`` when it applied
+        ``Prefer: wait``, ``eta_s`` from the document or the ``Retry-After`` header."""
+        status = self.parse_status(body)
+        status["waited"] = "wait=" in headers.get("Preference-Applied", "")
+        eta = body.get("eta_s") if isinstance(body, dict) else None
+        if not isinstance(eta, int | float) or isinstance(eta, bool) or not 0 <= eta < 86400:
+            eta = retry_after_headers(headers)
+        status["eta_s"] = eta
+        return status
+
+    def await_job(self, job_id: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Waits for a job to finish from its last known ``status``, in as few requests as the
+        provider allows (module docstring); a TransientError once ``job_timeout_s`` passes."""
+        deadline = time.monotonic() + self.job_timeout
+        backoff = self.poll_interval
+        while status["status"] not in ("succeeded", "failed"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransientError(f"{self.name}: job not finished within {self.job_timeout:.0f}s")
+            if not status.get("waited"):  # nothing held the last answer: pace the next poll by the job
+                eta = status.get("eta_s") or 0.0
+                time.sleep(min(max(eta, backoff), self.max_poll_interval, remaining))
+                backoff = min(backoff * 2, self.max_poll_interval)
+            status = self.fetch_status(job_id, min(self.long_poll_s, max(0.0, deadline - time.monotonic())))
+        return status
+
+    def poll_status(self, job_id: str, wait: float = 0.0) -> dict[str, Any] | None:
         """One status request, no retries, under the same breaker, rate limit, deadline and size
-        caps as ``render``: the parsed status; ``{"status": "gone"}`` when the provider no longer
-        knows the job (404/410: e.g. it restarted); None when it should be asked again later (the
-        provider is unavailable, or answered something transient or unparseable)."""
+        caps as ``render``, held by the provider up to ``wait`` seconds (cut to ``long_poll_s``) and
+        never with an inline result (the caller passes statuses through Airflow's database): the
+        parsed status with ``waited`` and ``eta_s``; ``{"status": "gone"}`` when the provider no
+        longer knows the job (404/410: e.g. it restarted); None when it should be asked again later
+        (the provider is unavailable, or answered something transient or unparseable)."""
+        wait = min(wait, self.long_poll_s)
         try:
-            return self.parse_status(self._once("GET", self._url(self.status_path(job_id)), "json"))
+            body, headers = self._once(
+                "GET", self._url(self.status_path(job_id)), "json_headers", **self.held(wait, inline=False)
+            )
+            return self.parse_with_pacing(body, headers)
         except PermanentError as exc:
             return {"status": "gone", "error": str(exc)} if exc.status in (404, 410) else None
         except (TransientError, BreakerOpen, KeyError, TypeError, ValueError):
@@ -185,9 +271,10 @@ class HttpProvider:
         """One in-flight slot for the whole job (submit → result)."""
         return self.in_flight.slot()
 
-    def _once(self, method: str, url: str, expect: Literal["json", "bytes"], **kwargs: Any) -> Any:
-        """One attempt: the parsed JSON or the body bytes of a 2xx. The breaker's ``record`` runs
-        on every path out of here once ``allow`` granted the call (see the module docstring)."""
+    def _once(self, method: str, url: str, expect: Literal["json", "json_headers", "bytes"], **kwargs: Any) -> Any:
+        """One attempt: the parsed JSON (with the response headers for ``json_headers``) or the body
+        bytes of a 2xx. The breaker's ``record`` runs on every path out of here once ``allow``
+        granted the call (see the module docstring)."""
         verdict = self.breaker.allow()  # raises BreakerOpen: not retried, the caller falls back
         probe = verdict == "probe"
         shown = f"{self.name}: {method} {netguard.redact(url)}"
@@ -197,7 +284,7 @@ class HttpProvider:
             if self.limiter:
                 self.limiter.acquire()
             healthy = False  # from here on, anything unforeseen counts as a failed call
-            cap = self.max_json_bytes if expect == "json" else self.max_response_bytes
+            cap = self.max_response_bytes if expect == "bytes" else self.max_json_bytes
             try:
                 resp = netguard.send(
                     self.http, method, url, max_bytes=cap, total_timeout_s=self.total_timeout, **kwargs
@@ -232,7 +319,7 @@ class HttpProvider:
             except ValueError:  # not JSON, or not UTF-8
                 raise TransientError(f"{shown} answered {status} with a body that is not JSON") from None
             healthy = True
-            return body
+            return (body, resp.headers) if expect == "json_headers" else body
         except Exception:
             raise
         except BaseException:  # interrupted: not the provider's doing
@@ -254,18 +341,12 @@ class HttpProvider:
         url = self._url(path_or_url)
         return call_with_retries(lambda: self._once(method, url, "json", **kwargs), self.budget, self.attempts)
 
+    def request_json_headers(self, method: str, path_or_url: str, **kwargs: Any) -> tuple[Any, httpx.Headers]:
+        """As ``request_json``, with the answer's headers (``Preference-Applied``, ``Retry-After``)."""
+        url = self._url(path_or_url)
+        return call_with_retries(lambda: self._once(method, url, "json_headers", **kwargs), self.budget, self.attempts)
+
     def request_bytes(self, method: str, path_or_url: str, **kwargs: Any) -> bytes:
         """As ``request_json``, returning the body bytes (capped by ``max_response_bytes``)."""
         url = self._url(path_or_url)
         return call_with_retries(lambda: self._once(method, url, "bytes", **kwargs), self.budget, self.attempts)
-
-    def wait_for(self, poll: Any, is_done: Any) -> Any:
-        """Polls until ``is_done(result)`` or the job timeout (a transient failure: retried later)."""
-        deadline = time.monotonic() + self.job_timeout
-        while True:
-            result = poll()
-            if is_done(result):
-                return result
-            if time.monotonic() > deadline:
-                raise TransientError(f"{self.name}: job not finished within {self.job_timeout:.0f}s")
-            time.sleep(self.poll_interval)

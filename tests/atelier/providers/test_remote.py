@@ -47,8 +47,10 @@ def test_renders_through_5xx_429_and_latency_with_one_execution_per_key(uid: str
 
 
 def test_hangs_time_out_and_client_errors_fail_at_once(uid: str):
+    """A held request (Prefer: wait=1) may take the read timeout plus the wait, no longer: a 5 s
+    hang fails each of 2 attempts after 1.3 s."""
     with refservice(json.dumps({"hang_rate": 1.0, "hang_s": 5})) as url:
-        provider = ref_provider(url, f"hang-{uid}", read_timeout_s=0.3, attempts=2)
+        provider = ref_provider(url, f"hang-{uid}", read_timeout_s=0.3, attempts=2, long_poll_s=1)
         started = time.monotonic()
         with pytest.raises(TransientError, match="timed out"):
             provider.render(SOURCE, SPEC, BRAND, f"h-{uid}")
@@ -94,7 +96,8 @@ def test_outage_opens_the_breaker_and_the_fallback_serves(uid: str):
 def worker(args: tuple[str, str, int, int]) -> tuple[int, list[float]]:
     """Renders ``n`` jobs; returns how many and the admission stamp (Redis clock) of each request."""
     url, name, first, n = args
-    provider = ref_provider(url, name, rps=6, max_in_flight=3, attempts=8)
+    # Short polls, no inline result: ≥ 3 requests per job, so the limiter is busy.
+    provider = ref_provider(url, name, rps=6, max_in_flight=3, attempts=8, long_poll_s=0, inline_max_bytes=0)
     assert provider.limiter is not None
     limiter, stamps = provider.limiter, []
     acquire = limiter.acquire
