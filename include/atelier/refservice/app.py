@@ -297,11 +297,10 @@ def create_app(
                     st.key_requests.popitem(last=False)
                 return
             job_id = st.by_key[key][0]
-        if job_id is None:
-            return
+        if job_id is None or (job := st.jobs.get(job_id)) is None:
+            return  # no job of ours (unknown, or evicted): a /v1 request all the same
         st.counts["job_requests"] += 1
-        if (job := st.jobs.get(job_id)) is not None:
-            job.requests += 1
+        job.requests += 1
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
