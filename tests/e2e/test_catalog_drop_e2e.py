@@ -69,9 +69,10 @@ def test_a_50_sku_drop_triggered_twice_is_one_run_and_one_campaign(tmp_path: Pat
     assert all(" … " in (ti.rendered_map_index or "") for ti in mapped)
 
 
-def test_a_finished_campaign_is_an_asset_event_that_schedules_downstream_dags(tmp_path: Path):
+def test_a_finished_campaign_is_an_asset_event_that_schedules_downstream_dags(tmp_path: Path, storage: Storage):
     """finalize publishes the outcome as an event of the atelier_campaigns asset (its extra names
-    the campaign), and campaign_published, scheduled on that asset, runs for it."""
+    the campaign), and campaign_published, scheduled on that asset, runs for it. Its report and its
+    campaign page show what it cost."""
     import airflow_client.client as ac
 
     cfg = settings()
@@ -91,6 +92,7 @@ def test_a_finished_campaign_is_an_asset_event_that_schedules_downstream_dags(tm
     assert event.extra["campaign_id"] == cid and event.extra["state"] == "complete"
     assert event.extra["report_uri"].endswith(f"campaigns/{cid}/report.json")
     assert event.extra["counts"] == {"succeeded": 3, "reused": 0, "failed": 0}
+    check_cost(storage, cid, event.extra["report_uri"], renders=3)
 
     deadline = time.monotonic() + 300  # the scheduler creates the downstream run on its next loop
     while not (runs := event.created_dagruns) and time.monotonic() < deadline:
@@ -98,3 +100,31 @@ def test_a_finished_campaign_is_an_asset_event_that_schedules_downstream_dags(tm
         event = ac.AssetApi(af.api).get_asset_events(source_dag_id="catalog_drop", source_run_id=run_id).asset_events[0]
     assert runs and runs[0].dag_id == "campaign_published"
     assert af.wait(runs[0].run_id, "campaign_published", timeout=300) == "success"
+
+
+def check_cost(storage: Storage, cid: str, report_uri: str, renders: int) -> None:
+    """report.json's cost is consistent (calls ≥ renders, one image per render, slot time covers the
+    rendering, money = the price table × the measurements) and the campaign page shows it."""
+    import httpx
+
+    from atelier.airflow_api import token
+
+    cfg = settings()
+    bucket, key = split_s3(report_uri)
+    spent = json.loads(storage.client.get_object(Bucket=bucket, Key=key)["Body"].read())["cost"]
+    studio = spent["providers"]["studio"]
+    price = json.loads((Path(__file__).resolve().parents[2] / "config" / "providers.json").read_text())["studio"]
+    price = {"per_call": 0, "per_second": 0, "per_image": 0, **price["price"]}
+    assert studio["calls"] >= studio["renders"] == renders and studio["images"] == renders
+    assert 0 < studio["render_seconds"] <= studio["slot_seconds"]
+    money = studio["calls"] * price["per_call"] + studio["render_seconds"] * price["per_second"]
+    assert studio["money"] > 0
+    assert studio["money"] == pytest.approx(money + studio["images"] * price["per_image"], abs=1e-6)
+    assert spent["total"] == {price["currency"]: pytest.approx(studio["money"], abs=1e-6)}
+    base = cfg.airflow_url.rstrip("/")
+    with httpx.Client(timeout=30, headers={"authorization": f"Bearer {token(cfg)}"}) as c:
+        page = c.get(f"{base}/atelier-ui/campaigns/{cid}")
+        listed = c.get(f"{base}/atelier-ui/api/campaigns/{cid}").json()
+    assert page.status_code == 200 and 'id="cost-table"' in page.text and 'data-provider="studio"' in page.text
+    assert f'<strong id="cost-total">{spent["display"]}</strong>' in page.text
+    assert listed["cost_display"] == spent["display"] and listed["cost"]["calls"] == spent["calls"]
