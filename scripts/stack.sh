@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The local, Docker-free Atelier stack: Postgres, Redis, moto's S3 server, the reference service and
-# Airflow 3 (LocalExecutor).
+# Airflow 3 (LocalExecutor; or the CeleryExecutor with N workers: ATELIER_EXECUTOR=celery
+# ATELIER_WORKERS=N, which `make up EXECUTOR=celery WORKERS=N` sets).
 # Usage: scripts/stack.sh up|down|status|env|exec CMD...|run PROGRAM
-#   up      idempotent: starts what is not running, in dependency order, and waits for each.
+#   up      idempotent: starts what is not running, in dependency order, and waits for each; a
+#           change of executor restarts Airflow with it.
 #   down    stops exactly what up started: supervisord and its programs, then Postgres.
 #   status  each program's state, pid, uptime and restart count.
 #   exec    runs CMD with the stack's environment.
@@ -18,6 +20,11 @@ source "$ATELIER_ROOT/config/local.env"
 set +a
 VENV="$ATELIER_ROOT/.venv"
 STATE="$ATELIER_STATE"
+# The executor the stack runs, as `up` chose it ("local 0" or "celery N"): kept in .state/ so every
+# later `stack.sh run` (supervisord's programs) and `stack.sh exec` (the CLI, tests) agrees with it.
+MODE_FILE="$STATE/executor"
+CELERY_ENV="$ATELIER_ROOT/config/celery.env"
+WORKER_CONFS="$STATE/supervisor.d"
 PIDS="$STATE/pids"
 LOGS="$STATE/logs"
 PGDATA="$STATE/pg/data"
@@ -32,6 +39,21 @@ export ATELIER_ALERTMANAGER_URL="${ATELIER_ALERTMANAGER_URL:-http://127.0.0.1:59
 OBS="$ATELIER_ROOT/observability"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+
+load_mode() { # sets EXECUTOR and WORKERS; with Celery, config/celery.env on top of local.env
+  EXECUTOR=local WORKERS=0
+  if [ -f "$MODE_FILE" ]; then read -r EXECUTOR WORKERS < "$MODE_FILE"; fi
+  local v
+  # supervisord passes on the environment it was started with: drop a previous mode's settings.
+  for v in $(sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$CELERY_ENV"); do unset "$v"; done
+  set -a
+  # shellcheck disable=SC1091
+  source "$ATELIER_ROOT/config/local.env"
+  # shellcheck disable=SC1090
+  if [ "$EXECUTOR" = celery ]; then source "$CELERY_ENV"; fi
+  set +a
+}
+load_mode
 
 as_pg() {
   # Postgres refuses to run as root: use the Debian `postgres` user when we are root.
@@ -248,6 +270,57 @@ start_airflow() {
   wait_for "Airflow api-server" 120 curl -sf "$ATELIER_AIRFLOW_URL/api/v2/monitor/health"
 }
 
+choose_mode() { # from ATELIER_EXECUTOR / ATELIER_WORKERS; prints whether it changed
+  # No mode file: a stack from before executors were selectable, i.e. LocalExecutor.
+  local executor=${ATELIER_EXECUTOR:-local} workers=${ATELIER_WORKERS:-2} previous="local 0"
+  case "$executor" in
+    local) workers=0 ;;
+    celery) [[ "$workers" =~ ^[1-9][0-9]?$ ]] || { log "WORKERS must be a number from 1 to 99, not '$workers'"; exit 2; } ;;
+    *) log "EXECUTOR must be local or celery, not '$executor'"; exit 2 ;;
+  esac
+  [ -f "$MODE_FILE" ] && previous=$(cat "$MODE_FILE")
+  echo "$executor $workers" > "$MODE_FILE"
+  if [ "$previous" != "$executor $workers" ]; then echo changed; fi
+}
+
+write_worker_programs() {
+  # One supervisord program per Celery worker (config/supervisord.conf includes these files);
+  # none with the LocalExecutor. `supervisorctl update` adds the new ones and stops removed ones.
+  mkdir -p "$WORKER_CONFS"
+  rm -f "$WORKER_CONFS"/celery-worker-*.conf
+  local i
+  for i in $(seq 1 "$WORKERS"); do
+    # Warm shutdown: a worker finishes its running tasks when stopped (stopwaitsecs), then exits.
+    cat > "$WORKER_CONFS/celery-worker-$i.conf" <<CONF
+[program:celery-worker-$i]
+command=%(ENV_ATELIER_ROOT)s/scripts/stack.sh run celery-worker-$i
+autostart=false
+autorestart=true
+startsecs=10
+startretries=100
+stopasgroup=true
+killasgroup=true
+stopwaitsecs=120
+redirect_stderr=true
+stdout_logfile=%(ENV_ATELIER_STATE)s/logs/%(program_name)s.log
+stdout_logfile_maxbytes=50MB
+stdout_logfile_backups=3
+CONF
+  done
+}
+
+start_workers() {
+  local i name file from
+  for i in $(seq 1 "$WORKERS"); do
+    name=celery-worker-$i file="$LOGS/celery-worker-$i.log"
+    if sctl status "$name" 2>/dev/null | grep -q RUNNING; then continue; fi
+    from=$(stat -c %s "$file" 2>/dev/null || echo 0)
+    start_program "$name"
+    # Celery logs "celery@<name> ready." once it consumes from the broker (this start's lines only).
+    wait_for "$name" 120 bash -c "tail -c +$((from + 1)) '$file' | grep -q 'celery@$name ready'"
+  done
+}
+
 run_program() { # name: exec one program in the foreground (supervisord's command for it)
   load_secrets
   # Its output goes through supervisord's pipe: unbuffered, so log lines land as they happen.
@@ -261,6 +334,15 @@ run_program() { # name: exec one program in the foreground (supervisord's comman
     # config/providers.json tells clients, with headroom: rps 50 vs 40, 8 jobs in flight vs 6.
     refservice) exec "$VENV/bin/atelier" refservice serve --port "$ATELIER_REFSERVICE_PORT" --rps 50 --max-in-flight 8 ;;
     api-server|scheduler|dag-processor|triggerer) exec "$VENV/bin/airflow" "$1" ;;
+    # A Celery worker stands for a machine of its own: its own host name (a task instance's
+    # hostname), temp and log directories. It shares only Postgres, Redis, S3 and the reference
+    # service with the rest; its task logs reach the UI through S3 (remote logging), so it serves none.
+    celery-worker-*)
+      local home="$STATE/workers/$1"
+      mkdir -p "$home/tmp" "$home/logs"
+      export ATELIER_HOSTNAME="$1" TMPDIR="$home/tmp" AIRFLOW__LOGGING__BASE_LOG_FOLDER="$home/logs"
+      exec "$VENV/bin/airflow" celery worker --celery-hostname "$1" \
+        --concurrency "$AIRFLOW__CELERY__WORKER_CONCURRENCY" --skip-serve-logs ;;
     # The same mapping as compose's prom/statsd-exporter (include/atelier/statsd_exporter.py).
     statsd-exporter) exec "$VENV/bin/atelier" statsd-exporter --statsd-host "$ATELIER_STATSD_HOST" \
       --statsd-port "$ATELIER_STATSD_PORT" --web-port "$ATELIER_STATSD_EXPORTER_PORT" ;;
@@ -301,6 +383,14 @@ up() {
   [ -x "$VENV/bin/supervisord" ] || { log "no supervisord in $VENV: run 'make venv'"; exit 1; }
   ensure_packages
   mkdir -p "$PIDS" "$LOGS"
+  local changed w; changed=$(choose_mode)
+  load_mode
+  write_worker_programs
+  if [ -n "$changed" ] && supervisord_running; then
+    log "executor changed to $EXECUTOR (workers: $WORKERS): restarting Airflow"
+    sctl stop 'airflow:*' >/dev/null || true
+    for w in $(sctl avail 2>/dev/null | awk '$1 ~ /^celery-worker-/ { print $1 }'); do sctl stop "$w" >/dev/null || true; done
+  fi
   ensure_secrets
   stop_unsupervised
   start_postgres
@@ -311,7 +401,10 @@ up() {
   start_s3
   start_refservice
   start_airflow
-  log "up: Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT, Prometheus $ATELIER_PROMETHEUS_URL, Alertmanager $ATELIER_ALERTMANAGER_URL; make status"
+  start_workers
+  local mode="LocalExecutor"
+  if [ "$EXECUTOR" = celery ]; then mode="CeleryExecutor, $WORKERS workers"; fi
+  log "up ($mode): Airflow UI $ATELIER_AIRFLOW_URL (admin / admin), S3 $ATELIER_S3_ENDPOINT, refservice :$ATELIER_REFSERVICE_PORT, Postgres 127.0.0.1:$ATELIER_PG_PORT, Redis 127.0.0.1:$ATELIER_REDIS_PORT, Prometheus $ATELIER_PROMETHEUS_URL, Alertmanager $ATELIER_ALERTMANAGER_URL; make status"
 }
 
 down() {

@@ -23,6 +23,7 @@ COMPOSE = ROOT / "docker-compose.airflow.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / "docker" / "Dockerfile.dockerignore"
 LOCAL_ENV = ROOT / "config" / "local.env"
+CELERY_ENV = ROOT / "config" / "celery.env"
 STACK_SH = ROOT / "scripts" / "stack.sh"
 
 AIRFLOW_SERVICES = [
@@ -84,9 +85,10 @@ def common_env(compose: dict[str, Any]) -> dict[str, str]:
 
 
 # -- the local stack's settings ------------------------------------------------------------------
-def local_settings(path: Path = LOCAL_ENV) -> dict[str, str]:
-    """config/local.env as scripts/stack.sh sources it (ATELIER_ROOT = the checkout)."""
-    text = f"ATELIER_ROOT='{ROOT}'\n" + path.read_text()
+def local_settings(path: Path = LOCAL_ENV, overlay: Path | None = CELERY_ENV) -> dict[str, str]:
+    """config/local.env with config/celery.env on top, as scripts/stack.sh sources them for
+    `make up EXECUTOR=celery` (the executor compose runs); ATELIER_ROOT = the checkout."""
+    text = f"ATELIER_ROOT='{ROOT}'\n" + path.read_text() + ("\n" + overlay.read_text() if overlay else "")
     parsed = dotenv_values(stream=io.StringIO(text), interpolate=True)
     return {k: v or "" for k, v in parsed.items() if k != "ATELIER_ROOT"}
 
@@ -193,7 +195,9 @@ def address_problems(compose: dict[str, Any], providers: dict[str, Any]) -> list
     services = set(compose["services"])
     problems = []
     for name, value in env.items():
-        hosts = [urlsplit(u).hostname for u in re.findall(r"[a-z][a-z0-9+.-]*://[^\s\"']+", value)]
+        # An s3:// URL names a bucket, not a host.
+        urls = [u for u in re.findall(r"[a-z][a-z0-9+.-]*://[^\s\"']+", value) if not u.startswith("s3://")]
+        hosts = [urlsplit(u).hostname for u in urls]
         if name.endswith("_HOST"):
             hosts.append(value)
         for host in hosts:
