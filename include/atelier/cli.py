@@ -388,13 +388,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if args.manifest_only:
         return EXIT_OK
-    af = Airflow.connect()
-    af.wait_for_dag()
     # Fresh seeds each run so nothing is deduplicated against an earlier bench.
     seed = int(time.time()) % 10_000
+    # The limits, measured in the same run without Airflow (issue 12), then the Airflow cases.
+    results = {"renderer_alone": bench.bench_renderer_alone(args.skus, seed, args.spec)}
+    if args.remote_jobs:
+        results["remote_client"] = bench.bench_remote_at_quota(args.remote_jobs, spec=args.spec)
+    if args.plan_skus:
+        results["plan"] = bench.bench_plan(args.plan_skus)
+    af = Airflow.connect()
+    af.wait_for_dag()
     sharded = bench.bench_run(af, args.skus, seed, args.spec, 0, "sharded")
     per_sku_n = min(args.per_sku_skus, MAP_LIMIT)
     per_sku = bench.bench_run(af, per_sku_n, seed + 1, args.spec, 1, "per-sku")
+    results |= {"sharded": sharded, "per_sku": per_sku}
+    if args.remote_skus:
+        for offset, provider in ((2, "refservice"), (3, "refservice_deferred")):
+            key = "remote_sync" if provider == "refservice" else "remote_deferred"
+            results[key] = bench.bench_run(af, args.remote_skus, seed + offset, args.spec, 0, provider, provider)
+    rows = bench.table(results)
+    out = Path(args.json_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results, "table": rows}, indent=1))
     print(json.dumps({"sharded": sharded, "per_sku": per_sku}, indent=1))
     ratio = sharded["renders_per_s"] / per_sku["renders_per_s"] if per_sku["renders_per_s"] else float("nan")
     print(
@@ -406,6 +421,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{per_sku['mapped_task_instances']} mapped task instances, overhead {per_sku['overhead_per_render_s']} s/render"
     )
     print(f"throughput ratio sharded / per-SKU: {ratio:.1f}x")
+    bench.print_table(rows)
+    print(f"\n(JSON: {out})")
     return EXIT_OK
 
 
@@ -579,6 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
         "task instance costs its orchestration overhead, so this leg's time grows with N)",
     )
     b.add_argument("--manifest-only", action="store_true", help="only the manifest validation figures (no Airflow)")
+    b.add_argument("--remote-jobs", type=int, default=120, help="jobs of the no-Airflow remote case at quota (0: skip)")
+    b.add_argument("--plan-skus", type=int, default=100_000, help="SKUs of the validate + plan case (0: skip)")
+    b.add_argument(
+        "--remote-skus",
+        type=int,
+        default=0,
+        help="SKUs of each refservice drop through Airflow, sync and deferrable (0: skip; they use the stack's service)",
+    )
+    b.add_argument("--json-out", default=str(ROOT / ".state" / "bench" / "bench.json"), help="where the JSON goes")
     b.set_defaults(func=cmd_bench)
 
     wh = sub.add_parser("webhook", help="webhook events").add_subparsers(dest="sub", required=True)
