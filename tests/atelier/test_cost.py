@@ -25,7 +25,7 @@ from atelier.resources import Resources
 from atelier.storage import Storage, split_s3
 from tests.atelier.test_metrics import export, sent  # noqa: F401 (the fixture)
 from tests.drops import params, planned, run_drop, sample_drop
-from tests.helpers import refservice
+from tests.helpers import html_server, refservice
 
 PRICE = {"per_call": 0.0003, "per_second": 0.0125, "per_image": 0.002, "currency": "USD"}
 
@@ -245,3 +245,26 @@ def test_cost_metrics_are_mapped_with_provider_and_brand_labels(sent: Any) -> No
     assert got[("atelier_cost_money_total", labels)] == pytest.approx(0.0042)
     assert got[("atelier_cost_slot_seconds_total", labels)] == pytest.approx(3.5)
     assert got[("atelier_cost_saved_total", labels)] == pytest.approx(0.01)
+
+
+def test_every_client_of_a_provider_counts_its_requests_once_and_only_for_a_render(
+    provider_cfg: Callable[..., None], uid: str
+) -> None:
+    """The predictions adapter has two clients (its API, and a credential-free one for output URLs):
+    both count, each request once (hooking again adds nothing), and only inside a render's meter."""
+    with html_server() as url:
+        provider_cfg(
+            "predictions",
+            url=url,
+            service=f"hooks-{uid}",
+            outputs_allow_http=True,
+            outputs_allow_networks=["127.0.0.0/8"],
+        )
+        p: Any = providers.get_provider("predictions")
+        cost.meter_clients(p)  # a second time: still one hook per client
+        assert [len(c.event_hooks["request"]) for c in (p.http, p.outputs)] == [1, 1]
+        p.http.get(url)  # outside any render (a health check, say): not a call of anyone's
+        with cost.metering() as meter:
+            p.http.get(url)
+            p.outputs.get(url)
+        assert meter.calls == {"predictions": 2}
