@@ -175,20 +175,21 @@ def test_a_claim_is_counted_once_and_never_by_a_worker_that_lost_its_lease(
     manifest = sample_drop(res, tmp_path, uid, 1)
     cid, shards = planned(res, DropRequest.from_params(params(manifest, drop_id=f"tk-{uid}")), f"tk-{uid}")
     rows = [{"provider": "studio", "calls": 1, "render_ms": 250, "images": 1}]
-    [a, _] = ledger.claim(res.conn, cid, shards[0]["shard"], "task/a#1")
+    [a, a2] = ledger.claim(res.conn, cid, shards[0]["shard"], "task/a#1")
     assert cost.record_render(res.conn, cid, a.sku, a.spec, "task/a#1", a.attempts, rows) == rows
     assert cost.record_render(res.conn, cid, a.sku, a.spec, "task/a#1", a.attempts, rows) == []  # again: nothing
-    with res.conn.cursor() as cur:  # a's lease runs out; another worker takes the render over
+    with res.conn.cursor() as cur:  # a's leases run out; another worker takes both renders over
         cur.execute("UPDATE renders SET lease_expires_at = now() - interval '1 second' WHERE campaign_id = %s", (cid,))
     res.conn.commit()
     taken = {(c.sku, c.spec): c for c in ledger.claim(res.conn, cid, shards[0]["shard"], "task/b#1")}
-    b = taken[(a.sku, a.spec)]
-    assert b.attempts == a.attempts + 1
+    assert [taken[(c.sku, c.spec)].attempts for c in (a, a2)] == [a.attempts + 1, a2.attempts + 1]
     late = [{"provider": "studio", "calls": 5, "render_ms": 999, "images": 1}]
-    assert cost.record_render(res.conn, cid, a.sku, a.spec, "task/a#1", a.attempts, late) == []  # lost its lease
-    assert cost.record_render(res.conn, cid, b.sku, b.spec, "task/b#1", b.attempts, rows) == rows
+    # a, still alive, finishes its second render late: it lost the lease, so it records nothing
+    assert cost.record_render(res.conn, cid, a2.sku, a2.spec, "task/a#1", a2.attempts, late) == []
+    for b in taken.values():
+        assert cost.record_render(res.conn, cid, b.sku, b.spec, "task/b#1", b.attempts, rows) == rows
     studio = cost.campaign_cost(res.conn, cid)["providers"]["studio"]  # type: ignore[index]
-    assert (studio["calls"], studio["images"], studio["render_seconds"], studio["renders"]) == (2, 2, 0.5, 1)
+    assert (studio["calls"], studio["images"], studio["render_seconds"], studio["renders"]) == (3, 3, 0.75, 2)
 
 
 class CrashAfterWrite(Storage):
