@@ -502,7 +502,8 @@ def create_app(
 
     def job_requests() -> dict[str, Any]:
         """Requests per job: the mean over every job since the last reset (``job_requests`` / ``jobs``,
-        kept as counters, so evicted jobs still count) and the histogram of the finished jobs held."""
+        kept as counters, so evicted jobs still count) and the histogram of the finished jobs held.
+        A request is counted when it is answered: one still held by ``Prefer: wait`` is not in yet."""
         jobs = st.counts["jobs"]
         buckets = Counter[str]()
         for job in st.jobs.values():
