@@ -68,7 +68,7 @@ browser:
 # killed mid-drop); pytest fails when a phase selects no test.
 test: up tools browser
 	$(VENV)/bin/ruff check dags include plugins tests
-	scripts/stack.sh exec $(VENV)/bin/pytest -q -m "not celery" tests
+	scripts/stack.sh exec $(VENV)/bin/pytest -q --durations=30 -m "not celery" tests
 	$(MAKE) --no-print-directory up EXECUTOR=celery WORKERS=2
 	scripts/stack.sh exec $(VENV)/bin/pytest -q -m celery tests
 
