@@ -133,6 +133,11 @@ def test_campaigns_page_in_the_airflow_ui(finished_drop: dict[str, Any], browser
     note.wait_for(state="visible")
     assert f"Run {run_id} already exists (success)" in note.inner_text()
     shot(page, "3_action")
+    # Retry failed renders: both failures are the packshots' own, so nothing is re-run, and the page says why.
+    frame.locator("button[data-action=retry-failed]").click()
+    expect(note).to_contain_text("409: nothing to retry")
+    assert "caused by their input" in note.inner_text() and "--force" in note.inner_text()
+    shot(page, "3b_retry_refused")
 
     # Links both ways: the campaign page links the DAG run (opened in the Airflow UI itself, not in
     # the frame), and the run's tasks link back to the campaign page.
