@@ -427,6 +427,17 @@ def reopen_cleared_shard(conn: Any, campaign_id: str, shard: int, run_id: str) -
     default) run. Shards of the same run cleared together share one attempt. A task that is not a
     cleared one — a campaign still running, an automatic retry — changes nothing. Returns how
     many renders it re-queued."""
+    with conn.cursor() as cur:  # the common case (a first try of a running campaign) takes no lock
+        cur.execute(
+            """SELECT c.state = ANY(%s) OR EXISTS (SELECT 1 FROM campaign_attempts a WHERE a.campaign_id = c.campaign_id
+                 AND a.attempt = c.attempt AND a.source = 'clear' AND a.run_id = %s)
+               FROM campaigns c WHERE c.campaign_id = %s""",
+            (list(FINISHED), run_id, campaign_id),
+        )
+        maybe = cur.fetchone()
+    conn.rollback()
+    if not maybe or not maybe[0]:
+        return 0
     try:
         with conn.cursor() as cur:
             cur.execute(
