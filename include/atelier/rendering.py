@@ -388,7 +388,7 @@ def _next_segment(tally: dict[str, int], shard: int) -> int:
     """The number of this stretch of a deferred shard's work (its worker slot time is recorded per
     stretch, atelier.cost); the tally travels with the deferral, so each resume gets the next one."""
     segment = tally.get("segments", 0)
-    tally["segments"], tally["shard"] = segment + 1, shard
+    tally["segments"], tally["slot_shard"] = segment + 1, shard
     return segment
 
 
@@ -493,7 +493,7 @@ def complete_batch(
     the next batch polls the same job (never a second one)."""
     started = time.monotonic()
     ctx = shard_context(res, campaign_id)
-    shard = int(tally.get("shard", -1))
+    shard = int(tally.get("slot_shard", -1))
     with cost.slot(
         res, campaign_id, shard, owner, _next_segment(tally, shard), ctx.chain[0].name, ctx.brand.slug, started
     ):

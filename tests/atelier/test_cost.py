@@ -20,7 +20,7 @@ from atelier.airflow.triggers import ProviderJobsTrigger
 from atelier.campaign import DropRequest
 from atelier.catalog import ConfigError
 from atelier.refservice import admin_headers
-from atelier.rendering import complete_batch, new_tally, render_shard, submit_batch
+from atelier.rendering import complete_batch, finish_tally, new_tally, render_shard, submit_batch
 from atelier.resources import Resources
 from atelier.storage import Storage, split_s3
 from tests.atelier.test_metrics import export, sent  # noqa: F401 (the fixture)
@@ -156,6 +156,7 @@ def test_a_deferred_renders_calls_include_the_triggers_polls(
         complete_batch(res, cid, owner, jobs, event.payload["statuses"], tally)
         assert submit_batch(res, cid, shards[0]["shard"], owner, tally) == []
         in_task += time.monotonic() - resumed
+        assert finish_tally(cid, shards[0]["shard"], tally)["succeeded"] == 2  # what the operator returns
         seen = server_requests(url) - before - 2 * per_stats_call
     spent = cost.campaign_cost(res.conn, cid)
     assert spent is not None
