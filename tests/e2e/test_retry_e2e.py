@@ -46,7 +46,7 @@ def _render_key(image: Path) -> str:
     return catalog.render_key(fingerprint, spec, providers.producer(PROVIDER, catalog.brand(BRAND)))
 
 
-def _pick(tmp_path: Path, seed: int) -> tuple[list[str], list[str], float]:
+def _pick(tmp_path: Path, flaky_n: int = FLAKY, good_n: int = GOOD) -> tuple[list[str], list[str], float]:
     """Keeps FLAKY + GOOD + 1 of the generated SKUs so that a corrupt_rate between the FLAKY
     smallest draws and the rest corrupts exactly the FLAKY ones (and few of anybody else's keys);
     rewrites the manifest to those. Returns (flaky SKUs, good SKUs, the corrupt_rate to set)."""
@@ -56,7 +56,7 @@ def _pick(tmp_path: Path, seed: int) -> tuple[list[str], list[str], float]:
     at = header.index("image_uri")
     image_of = {r[0]: tmp_path / "images" / r[at].rsplit("/", 1)[1] for r in body}
     ranked = sorted(body, key=lambda r: _digest(_render_key(image_of[r[0]])))
-    flaky, rest = ranked[:FLAKY], ranked[FLAKY : FLAKY + GOOD + 1]
+    flaky, rest = ranked[:flaky_n], ranked[flaky_n : flaky_n + good_n + 1]
     rate = (_digest(_render_key(image_of[flaky[-1][0]])) + _digest(_render_key(image_of[rest[0][0]]))) / 2
     keep = {r[0] for r in flaky + rest}
     with (tmp_path / "manifest.csv").open("w", newline="") as fh:
@@ -103,7 +103,7 @@ def test_retry_reruns_only_the_transient_failures_as_a_second_attempt(tmp_path: 
     seed = int(time.time()) % 100_000
     base = f"s3://{cfg.inbox_bucket}/e2e/retry-{seed}"
     make_catalog(CANDIDATES, tmp_path, base + "/images", seed=seed)
-    flaky, rest, rate = _pick(tmp_path, seed)
+    flaky, rest, rate = _pick(tmp_path)
     bad_input = rest.pop()  # its packshot is uploaded truncated: an input failure, never retried
     image = {p.stem: p for p in (tmp_path / "images").iterdir()}
     with (tmp_path / "manifest.csv").open(newline="") as fh:
@@ -174,3 +174,53 @@ def test_retry_reruns_only_the_transient_failures_as_a_second_attempt(tmp_path: 
     report = json.loads(storage.client.get_object(Bucket=bucket, Key=key)["Body"].read())
     assert report["state"] == "partial" and report["counts"] == camp.counts
     assert len(report["renders"]) == 11 and sum(r["state"] == "succeeded" for r in report["renders"]) == 10
+
+
+def test_clearing_a_render_task_reruns_its_shards_transient_failures(tmp_path: Path, storage: Storage):
+    """Clearing a render shard (with its downstream, as the UI's clear dialog does) after the run
+    finished re-runs that shard's transient failures as attempt 2 and finalizes the campaign again."""
+    cfg = settings()
+    seed = int(time.time()) % 100_000 + 50_000
+    base = f"s3://{cfg.inbox_bucket}/e2e/clear-{seed}"
+    make_catalog(CANDIDATES // 2, tmp_path, base + "/images", seed=seed)
+    (flaky,), _rest, rate = _pick(tmp_path, 1, 3)
+    manifest = upload(storage, tmp_path, base)
+    cid, run_id, conf = prepare_trigger(BRAND, manifest, [SPEC], PROVIDER, f"clear-{seed}")
+    af = Airflow.connect()
+    af.wait_for_dag()
+    with corrupting(providers.config(PROVIDER)["url"], rate):
+        af.trigger(run_id, conf)
+        assert wait_for_run(af, run_id, cid, show=False, timeout=900) == "failed"  # 4/5 < 0.9
+    conn = ledger.connect(cfg.ledger_dsn)
+    try:
+        assert ledger.campaign(conn, cid).counts == {"succeeded": 4, "reused": 0, "failed": 1}
+        with conn.cursor() as cur:
+            cur.execute("SELECT shard FROM renders WHERE campaign_id = %s AND sku = %s", (cid, flaky))
+            (shard,) = cur.fetchone()
+        conn.rollback()
+        # one SKU per shard, shards 0..4 in map order: the flaky SKU's task is map index ``shard``
+        resp = httpx.post(
+            f"{cfg.airflow_url}/api/v2/dags/catalog_drop/clearTaskInstances",
+            headers={"authorization": f"Bearer {token(cfg)}"},
+            json={
+                "dag_run_id": run_id,
+                "task_ids": [[f"render_{PROVIDER}", shard]],
+                "include_downstream": True,
+                "only_failed": False,
+                "dry_run": False,
+            },
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+        assert f"render_{PROVIDER}" in {t["task_id"] for t in resp.json()["task_instances"]}
+        assert str(getattr(af.run(run_id).state, "value", "")) in ("queued", "running")  # reset by the clear
+        assert wait_for_run(af, run_id, cid, show=False, timeout=900) == "success"
+        camp = ledger.campaign(conn, cid)
+        assert camp.state == "complete" and camp.counts == {"succeeded": 5, "reused": 0, "failed": 0}
+        history = retry.history(conn, cid)
+        assert list(history) == [(flaky, SPEC)]
+        assert [(a["attempt"], a["state"]) for a in history[(flaky, SPEC)]] == [(1, "failed"), (2, "succeeded")]
+        (req,) = retry.attempts(conn, cid)
+        assert (req["attempt"], req["source"], req["run_id"], req["requeued"]) == (2, "clear", run_id, 1)
+    finally:
+        conn.close()
