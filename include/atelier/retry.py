@@ -197,6 +197,27 @@ def _candidates(
     return requeue, keep
 
 
+STUCK_AFTER_S = 300  # as the reaper's idle time: nothing touched for this long is not running
+
+
+def _left_unfinished(cur: Any, campaign_id: str, state: str) -> bool:
+    """A ``planned`` campaign with no render pending or running and nothing touched for
+    STUCK_AFTER_S was left unfinished (say, a render task cleared without its downstream tasks):
+    not running, so a retry may take it over. A re-queue would give it pending renders, so this
+    never lets two retries through."""
+    if state != "planned":
+        return False
+    cur.execute(
+        """SELECT c.updated_at < now() - make_interval(secs => %(idle)s) AND NOT EXISTS (
+             SELECT 1 FROM renders r WHERE r.campaign_id = c.campaign_id AND (r.state IN ('pending', 'running')
+               OR r.updated_at > now() - make_interval(secs => %(idle)s)))
+           FROM campaigns c WHERE c.campaign_id = %(cid)s""",
+        {"idle": STUCK_AFTER_S, "cid": campaign_id},
+    )
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def _refingerprint(
     cur: Any, campaign_id: str, items: list[dict[str, Any]], storage: Any, brand: str, provider: str, specs: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -308,7 +329,7 @@ def prepare(
             state, is_dry, attempt, first_run, last_run, counts, brand, drop, uri, specs, provider, priority = row
             if is_dry:
                 raise RetryRefused(f"campaign {campaign_id} is a dry run: it rendered nothing to retry")
-            if state not in FINISHED:
+            if state not in FINISHED and not _left_unfinished(cur, campaign_id, state):
                 raise RetryRefused(
                     f"campaign {campaign_id} is still running (state {state}, run {last_run or first_run}); "
                     "retry once it has finished"

@@ -497,6 +497,16 @@ def test_clearing_a_render_shard_reruns_its_retryable_failures(
         render_shard(res, cid, shard, f"{run_id}/render/{shard}#2")
         # an automatic retry of the same task finds its own attempt's work done: nothing re-queued
         assert retry.reopen_cleared_shard(res.conn, cid, shard, run_id) == 0
+    # Cleared without its downstream tasks, the campaign is left planned with nothing to do: while
+    # that is recent it counts as running; once idle (the reaper's 5 minutes), a retry takes it over.
+    with pytest.raises(retry.RetryRefused, match="still running"):
+        retry.prepare(res.conn, cid, force=True)
+    with res.conn.cursor() as cur:
+        cur.execute("UPDATE campaigns SET updated_at = now() - interval '6 minutes' WHERE campaign_id = %s", (cid,))
+        cur.execute("UPDATE renders SET updated_at = now() - interval '6 minutes' WHERE campaign_id = %s", (cid,))
+    res.conn.commit()
+    taken = retry.prepare(res.conn, cid, force=True, dry_run=True)
+    assert {r["sku"] for r in taken.requeued} == {corrupt}
     done = finalize(res, cid, quality_check(res, cid))  # the cleared downstream tasks
     assert done["counts"] == {"succeeded": 10, "reused": 0, "failed": 2}
     assert all(len(a) == 2 for a in retry.history(res.conn, cid).values())
