@@ -182,6 +182,9 @@ def status_of(ident: str, as_json: bool) -> int:
     camp = found[0]
     counts = ledger.state_counts(conn, camp.campaign_id)
     events = _campaign_events(conn, camp.campaign_id)
+    from atelier.retry import attempts
+
+    retries = attempts(conn, camp.campaign_id)  # retry requests and cleared render tasks
     conn.close()
     out = {
         k: getattr(camp, k)
@@ -202,12 +205,18 @@ def status_of(ident: str, as_json: bool) -> int:
     out["renders"] = counts
     out["qa_success_ratio"] = (camp.qa or {}).get("success_ratio")
     out["notifications"] = events
+    out["attempts"] = retries
     if as_json:
         print(json.dumps(out, default=str, indent=1))
     else:
         print(f"campaign {out['campaign_id']}: {out['state']}")
         print(f"  SKUs {out['sku_count']}, renders {out['render_count']}, shards {out['shard_count']}")
         print("  renders: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for a in retries:
+            print(
+                f"  attempt {a['attempt']} ({a['source']}, run {a['run_id']}): re-ran {a['requeued']}, kept {a['kept']}"
+                f" (was {a['previous_state']})"
+            )
         if out["report_uri"]:
             print(f"  report {out['report_uri']}\n  contact sheet {out['contact_sheet_uri']}")
         for e in events:
