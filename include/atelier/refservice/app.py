@@ -82,7 +82,7 @@ class Faults:
 
 @dataclass
 class Quota:
-    rps: float = 50.0  # bucket of ``rps`` tokens refilled at ``rps``/s: at most rps requests in any second
+    rps: float = 50.0  # bucket of ``rps`` tokens refilled at ``rps``/s: rps a second sustained, a full bucket on top
     max_in_flight: int = 8
 
 
