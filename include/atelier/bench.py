@@ -5,6 +5,7 @@ validating process's peak RSS, for ordinary and hostile manifests)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,16 @@ def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str, provid
             (cid,),
         )
         rendered, render_ms = cur.fetchone()
+        # When each render completed, in seconds since the run started: the chart's series.
+        cur.execute(
+            "SELECT extract(epoch FROM finished_at) FROM renders"
+            " WHERE campaign_id = %s AND state = 'succeeded' ORDER BY finished_at",
+            (cid,),
+        )
+        finished = [float(t) - run.start_date.timestamp() for (t,) in cur.fetchall()]
+        # Worker slot time the cost feature measured for the campaign's shards (atelier.cost.slot).
+        cur.execute("SELECT coalesce(sum(slot_ms), 0) FROM shard_costs WHERE campaign_id = %s", (cid,))
+        slot_ms = int(cur.fetchone()[0])
     conn.close()
     mapped = len(af.mapped_instances(run_id, provider))
     from atelier.providers import config
@@ -100,7 +111,101 @@ def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str, provid
         # Slot-seconds of the provider pool not spent rendering, per render: Airflow scheduling, task
         # start-up, ledger and S3 I/O.
         "overhead_per_render_s": round((wall * slots - render_ms / 1000) / rendered, 3) if rendered else None,
+        "slot_s": round(slot_ms / 1000, 1),
+        "slot_s_per_render": slot_seconds_per_render(slot_ms, rendered),
+        "finished_s": [round(t, 2) for t in finished],
     }
+
+
+def slot_seconds_per_render(slot_ms: int, renders: int) -> float | None:
+    """Worker-slot seconds held per completed render (None when nothing was rendered)."""
+    return round(slot_ms / 1000 / renders, 3) if renders else None
+
+
+def bucket_width(span_s: float, points: int = 60) -> float:
+    """The smallest of 1, 2, 5, 10, 15, 30, 60, 120, 300, 600 … seconds that cuts ``span_s`` into at
+    most ``points`` buckets: a readable, common bucket for every case of one chart."""
+    for width in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600):
+        if span_s / width <= points:
+            return float(width)
+    return float(600 * math.ceil(span_s / points / 600))
+
+
+def throughput_series(finished_s: list[float], bucket_s: float, end_s: float) -> list[tuple[float, float]]:
+    """Completions per second over time: ``finished_s`` (seconds since the start) counted in buckets
+    of ``bucket_s`` covering [0, end_s], as (bucket midpoint, completions / bucket_s); empty buckets
+    are 0. A time before 0 counts in the first bucket, one at or after ``end_s`` in the last."""
+    if bucket_s <= 0:
+        raise ValueError("bucket_s must be > 0")
+    n = max(1, math.ceil(end_s / bucket_s))
+    counts = [0] * n
+    for t in finished_s:
+        counts[min(n - 1, max(0, int(t // bucket_s)))] += 1
+    return [((i + 0.5) * bucket_s, c / bucket_s) for i, c in enumerate(counts)]
+
+
+# Chart panels: the studio (CPU-bound) cases against the renderer alone, the remote ones against the
+# provider's limit; separate y scales, as their limits differ by an order of magnitude.
+CHART_PANELS = (
+    ("studio (CPU-bound): renders completed per second", (("sharded", "sharded"), ("per_sku", "1 task/SKU"))),
+    (
+        "reference service drops: renders completed per second",
+        (("remote_sync", "sync shards"), ("remote_deferred", "deferrable")),
+    ),
+)
+
+
+def case_limit(results: dict[str, Any], key: str) -> float | None:
+    """A drop case's limit in renders/s: the renderer alone for studio drops, the provider's for remote ones."""
+    if key in ("sharded", "per_sku"):
+        return (results.get("renderer_alone") or {}).get("renders_per_s")
+    return (results.get(key) or {}).get("limit_renders_per_s")
+
+
+def write_chart(results: dict[str, Any], out: Path) -> tuple[Path, dict[str, Any]] | None:
+    """Draws each Airflow drop case's renders completed per second over time (since its run started),
+    one line per case and its limit as a dashed line of the same colour, into ``out`` (PNG). Takes
+    the cases' ``finished_s`` out of ``results`` and returns (path, the series as JSON-ready data);
+    None when no case has any."""
+    from atelier.dashpng import chart
+
+    cases = [k for _, keys in CHART_PANELS for k, _ in keys if (results.get(k) or {}).get("finished_s")]
+    if not cases:
+        return None
+    span = max(max(results[k]["wall_s"], *results[k]["finished_s"]) for k in cases)
+    bucket = bucket_width(span)
+    data: dict[str, Any] = {"bucket_s": bucket, "cases": {}}
+    panels = []
+    for title, keys in CHART_PANELS:
+        series: list[tuple[str, list[tuple[float, float]]]] = []
+        limits: list[tuple[str, float | None]] = []
+        for key, name in keys:
+            if not (r := results.get(key) or {}).get("finished_s"):
+                continue
+            points = throughput_series(r.pop("finished_s"), bucket, r["wall_s"])
+            limit = case_limit(results, key)
+            data["cases"][key] = {"points": [[t, round(v, 3)] for t, v in points], "limit_renders_per_s": limit}
+            series.append((f"{name}, {r['skus']} SKUs ({r['renders_per_s']:g}/s mean)", points))
+            # A missing limit still takes its slot so the colours stay paired with their series.
+            limits.append((f"{name} limit {limit:g}/s", limit) if limit else ("", None))
+        if series:
+            panels.append(
+                {
+                    "title": title,
+                    "series": series,
+                    "limits": limits,
+                    "start": 0.0,
+                    "end": span,
+                    "unit": "short",
+                    "x_unit": "s",
+                    "y_label": f"y: renders/s in {bucket:g} s buckets  ·  x: seconds since the drop's run started  ·  "
+                    "dashed: the case's limit",
+                }
+            )
+    title = (
+        f"atelier bench: throughput over time against the limit ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
+    return chart(out, title, panels), data
 
 
 def _validate_in_child(path: str, fmt: str = "csv", brand: str = "atelier-test") -> dict[str, Any]:
@@ -522,9 +627,22 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per case: achieved, its limit (measured in the same run, or the issue's target), ratio."""
     rows: list[dict[str, Any]] = []
 
-    def row(case: str, achieved: float | None, limit: float | None, unit: str, note: str = "") -> None:
+    def row(
+        case: str, achieved: float | None, limit: float | None, unit: str, note: str = "", slot: float | None = None
+    ) -> None:
         ratio = round(achieved / limit, 3) if achieved is not None and limit else None
-        rows.append({"case": case, "achieved": achieved, "limit": limit, "unit": unit, "ratio": ratio, "note": note})
+        rows.append(
+            {
+                "case": case,
+                "achieved": achieved,
+                "limit": limit,
+                "unit": unit,
+                "ratio": ratio,
+                # Worker-slot seconds held per render (Airflow drops; from the cost feature's shard_costs).
+                "slot_s_per_render": slot,
+                "note": note,
+            }
+        )
 
     alone = results.get("renderer_alone")
     if alone:
@@ -536,6 +654,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
             alone["renders_per_s"] if alone else None,
             "renders/s",
             f"{sharded['mapped_task_instances']} mapped tasks; target ≥ 0.8",
+            sharded.get("slot_s_per_render"),
         )
     if sharded is not None and (per_sku := results.get("per_sku")) is not None:
         row(
@@ -546,6 +665,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"sharded / per-SKU = {sharded['renders_per_s'] / per_sku['renders_per_s']:.1f}x (target ≥ 50x)"
             if per_sku["renders_per_s"]
             else "",
+            per_sku.get("slot_s_per_render"),
         )
     if (remote := results.get("remote_client")) is not None:
         c = remote["config"]
@@ -569,6 +689,7 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r.get("limit_renders_per_s"),
                 "renders/s",
                 f"{r.get('requests_per_render')} req/render, {r.get('quota_violations')} quota violations",
+                r.get("slot_s_per_render"),
             )
     if (plan := results.get("plan")) is not None:
         p = plan["plan"]
@@ -586,9 +707,10 @@ def table(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     width = max((len(r["case"]) for r in rows), default=10)
-    print(f"\n{'case':<{width}}  {'achieved':>10}  {'limit':>10}  {'ratio':>6}  notes")
+    print(f"\n{'case':<{width}}  {'achieved':>10}  {'limit':>10}  {'ratio':>6}  {'slot s/render':>13}  notes")
     for r in rows:
         achieved = f"{r['achieved']:g} " if r["achieved"] is not None else "— "
         limit = f"{r['limit']:g}" if r["limit"] is not None else "—"
         ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "—"
-        print(f"{r['case']:<{width}}  {achieved:>10}  {limit:>10}  {ratio:>6}  {r['unit']}; {r['note']}")
+        slot = f"{r['slot_s_per_render']:g}" if r.get("slot_s_per_render") is not None else "—"
+        print(f"{r['case']:<{width}}  {achieved:>10}  {limit:>10}  {ratio:>6}  {slot:>13}  {r['unit']}; {r['note']}")

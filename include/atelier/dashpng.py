@@ -95,17 +95,92 @@ def render(uid: str, out: Path, prom: str, start: float, end: float) -> Path:
     return out
 
 
+def chart(out: Path, title: str, panels: list[dict[str, Any]], width: int = 1200, panel_h: int = 340) -> Path:
+    """A standalone PNG (``width`` wide) of time-series panels stacked under ``title``, drawn as the
+    dashboards' time series. Each panel: ``title``, ``series`` [(name, [(t, v), ...])], ``start`` and
+    ``end`` of the x axis, ``unit`` (y) and ``x_unit``, ``limits`` [(label, value)] — one per series
+    index, a dashed line in its colour — and an optional ``y_label`` (a line under the title saying
+    what the axes show)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, 48 + len(panels) * (panel_h + 8)), "#111217")
+    draw = ImageDraw.Draw(img)
+    title_font, font, small = (ImageFont.load_default(s) for s in (22, 14, 12))
+    draw.text((12, 12), title, fill="#d8d9da", font=title_font)
+    for n, p in enumerate(panels):
+        x0, y0 = 8, 48 + n * (panel_h + 8)
+        x1, y1 = width - 8, y0 + panel_h
+        draw.rectangle((x0, y0, x1, y1), fill="#181b1f", outline="#2c3235")
+        draw.text((x0 + 8, y0 + 6), p["title"], fill="#ccccdc", font=font)
+        if p.get("y_label"):
+            draw.text((x0 + 8, y0 + 24), p["y_label"], fill="#a0a0a0", font=small)
+        series = [(name, pts) for name, pts in p["series"] if pts]
+        if not series:
+            draw.text((x0 + 8, y0 + 48), "no data", fill="#8e8e8e", font=font)
+            continue
+        legend_rows = (len(series) + 2) // 3
+        box = (x0 + 64, y0 + 46, x1 - 16, y1 - 48 - 13 * legend_rows)
+        _lines(
+            draw,
+            series,
+            box,
+            p["start"],
+            p["end"],
+            p.get("unit", "short"),
+            small,
+            p.get("limits"),
+            p.get("x_unit", "s"),
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
 def _lines(
-    draw: Any, series: list[Any], box: tuple[float, float, float, float], start: float, end: float, unit: str, font: Any
+    draw: Any,
+    series: list[Any],
+    box: tuple[float, float, float, float],
+    start: float,
+    end: float,
+    unit: str,
+    font: Any,
+    limits: list[tuple[str, float | None]] | None = None,
+    x_unit: str | None = None,
 ) -> None:
+    """Series as lines in ``box`` over [start, end], y from 0 (or below) to the highest value, with a
+    legend under the box. ``limits``: (label, value) per series index, drawn as a dashed horizontal
+    line in that series' colour and included in the y range. ``x_unit``: label the x axis with it."""
     left, top, right, bottom = box
-    values = [v for _, pts in series for _, v in pts]
+    values = [v for _, pts in series for _, v in pts] + [v for _, v in limits or [] if v is not None]
     lo, hi = min(0.0, min(values)), max(values)
     hi = hi if hi > lo else lo + 1
     for frac in (0, 0.5, 1):
         y = bottom - frac * (bottom - top)
         draw.line((left, y, right, y), fill="#2c3235")
         draw.text((left - 48, y - 7), _fmt(lo + frac * (hi - lo), unit), fill="#8e8e8e", font=font)
+    if x_unit is not None:
+        for frac in (0, 0.25, 0.5, 0.75, 1):
+            x = left + frac * (right - left)
+            draw.line((x, bottom, x, bottom + 4), fill="#8e8e8e")
+            label = _fmt(start + frac * (end - start), x_unit)
+            shift = draw.textlength(label, font=font) / (1 if frac == 1 else 2) if frac else 0
+            draw.text((x - shift, bottom + 6), label, fill="#8e8e8e", font=font)
+    labels_at: list[float] = []
+    for i, (name, value) in enumerate(limits or []):
+        if value is None:  # no limit for this series: nothing to draw, its colour stays its own
+            continue
+        colour = COLOURS[i % len(COLOURS)]
+        y = bottom - (value - lo) / (hi - lo) * (bottom - top)
+        x = left
+        while x < right:  # Pillow draws no dashes: 8 px on, 6 off
+            draw.line((x, y, min(x + 8, right), y), fill=colour, width=2)
+            x += 14
+        label_y = y + 4  # under the line: above it is the panel's title at the top of the range
+        while any(abs(label_y - other) < 14 for other in labels_at):  # equal limits: stack their labels
+            label_y += 14
+        labels_at.append(label_y)
+        draw.text((right - draw.textlength(name, font=font), label_y), name, fill=colour, font=font)
+    legend_top = bottom + (26 if x_unit is not None else 8)
     for i, (name, pts) in enumerate(series[:10]):
         colour = COLOURS[i % len(COLOURS)]
         xy = [
@@ -117,6 +192,6 @@ def _lines(
         else:
             draw.line(xy, fill=colour, width=2)
         lx = left + (i % 3) * (right - left) / 3
-        ly = bottom + 8 + (i // 3) * 13
+        ly = legend_top + (i // 3) * 13
         draw.rectangle((lx, ly + 3, lx + 8, ly + 9), fill=colour)
         draw.text((lx + 12, ly), name[:34], fill="#a0a0a0", font=font)
