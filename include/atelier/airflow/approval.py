@@ -50,6 +50,13 @@ def decision_from(event: dict[str, Any], on_timeout: str = "reject") -> dict[str
     }
 
 
+def campaign_page(campaign_id: str) -> str:
+    """The campaign's page inside the Airflow UI (same origin as the Required Action view)."""
+    from atelier.airflow.ui import _airflow_base, page_url  # not at import: the DAG file imports this module
+
+    return page_url(campaign_id, _airflow_base())
+
+
 class CampaignApprovalOperator(HITLOperator):
     """Asks for approval of the campaign the ``review`` task describes, if its brand wants one."""
 
@@ -60,8 +67,14 @@ class CampaignApprovalOperator(HITLOperator):
             options=[APPROVE, REJECT],
             defaults=[REJECT],
             params={
+                # Optional ("null" in the type): Airflow's form marks a non-null field required and keeps
+                # both buttons disabled until it is filled, so nobody could approve without a reason.
                 "reason": Param(
-                    "", type="string", maxLength=500, title="Reason", description="Why (shown in the report)."
+                    None,
+                    type=["null", "string"],
+                    maxLength=500,
+                    title="Reason",
+                    description="Why (shown in the report); expected when rejecting.",
                 )
             },
             **kwargs,
@@ -86,6 +99,7 @@ class CampaignApprovalOperator(HITLOperator):
             f"{counts['succeeded']} rendered, {counts['reused']} reused, {counts['failed']} failed; "
             f"QA pass rate **{ratio:.1%}** → would be **{review['provisional_state']}**.\n\n"
             f"Failed renders by reason:\n{reasons}\n\n"
+            f"[Open the campaign page]({campaign_page(review['campaign_id'])}) (thumbnails, failed renders). "
             f"Contact sheet: `{review['contact_sheet_uri']}`\n\n"
             f"Nobody answering within {review['timeout_minutes']} min → **{self.on_timeout}**."
         )
