@@ -166,14 +166,18 @@ def _lines(
             shift = draw.textlength(label, font=font) / (1 if frac == 1 else 2) if frac else 0
             draw.text((x - shift, bottom + 6), label, fill="#8e8e8e", font=font)
     labels_at: list[float] = []
+    lines_at: list[float] = []
     for i, (name, value) in enumerate(limits or []):
         if value is None:  # no limit for this series: nothing to draw, its colour stays its own
             continue
         colour = COLOURS[i % len(COLOURS)]
         y = bottom - (value - lo) / (hi - lo) * (bottom - top)
-        x = left
-        while x < right:  # Pillow draws no dashes: 8 px on, 6 off
-            draw.line((x, y, min(x + 8, right), y), fill=colour, width=2)
+        # Pillow draws no dashes: 7 px on, 7 off; a second limit on the same row fills the gaps, so
+        # equal limits show both colours alternating instead of the last one hiding the first.
+        x = left + 7 * (sum(abs(y - other) < 1 for other in lines_at) % 2)
+        lines_at.append(y)
+        while x < right:
+            draw.line((x, y, min(x + 6, right), y), fill=colour, width=2)
             x += 14
         label_y = y + 4  # under the line: above it is the panel's title at the top of the range
         while any(abs(label_y - other) < 14 for other in labels_at):  # equal limits: stack their labels
