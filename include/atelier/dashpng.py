@@ -130,6 +130,7 @@ def chart(out: Path, title: str, panels: list[dict[str, Any]], width: int = 1200
             small,
             p.get("limits"),
             p.get("x_unit", "s"),
+            legend_chars=60,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
@@ -146,10 +147,11 @@ def _lines(
     font: Any,
     limits: list[tuple[str, float | None]] | None = None,
     x_unit: str | None = None,
+    legend_chars: int = 34,
 ) -> None:
     """Series as lines in ``box`` over [start, end], y from 0 (or below) to the highest value, with a
     legend under the box. ``limits``: (label, value) per series index, drawn as a dashed horizontal
-    line in that series' colour and included in the y range. ``x_unit``: label the x axis with it."""
+    line in that series' colour and included in the y range. ``x_unit``: label the x axis with it. Legend entries are cut to ``legend_chars``."""
     left, top, right, bottom = box
     values = [v for _, pts in series for _, v in pts] + [v for _, v in limits or [] if v is not None]
     lo, hi = min(0.0, min(values)), max(values)
@@ -172,12 +174,13 @@ def _lines(
             continue
         colour = COLOURS[i % len(COLOURS)]
         y = bottom - (value - lo) / (hi - lo) * (bottom - top)
-        # Pillow draws no dashes: 7 px on, 7 off; a second limit on the same row fills the gaps, so
-        # equal limits show both colours alternating instead of the last one hiding the first.
-        x = left + 7 * (sum(abs(y - other) < 1 for other in lines_at) % 2)
+        # Equal limits: each further one 3 px lower, so the last drawn does not hide the others.
+        same = sum(abs(y - other) < 1 for other in lines_at)
         lines_at.append(y)
-        while x < right:
-            draw.line((x, y, min(x + 6, right), y), fill=colour, width=2)
+        y += 3 * same
+        x = left
+        while x < right:  # Pillow draws no dashes: 8 px on, 6 off
+            draw.line((x, y, min(x + 8, right), y), fill=colour, width=2)
             x += 14
         label_y = y + 4  # under the line: above it is the panel's title at the top of the range
         while any(abs(label_y - other) < 14 for other in labels_at):  # equal limits: stack their labels
@@ -198,4 +201,4 @@ def _lines(
         lx = left + (i % 3) * (right - left) / 3
         ly = legend_top + (i // 3) * 13
         draw.rectangle((lx, ly + 3, lx + 8, ly + 9), fill=colour)
-        draw.text((lx + 12, ly), name[:34], fill="#a0a0a0", font=font)
+        draw.text((lx + 12, ly), name[:legend_chars], fill="#a0a0a0", font=font)

@@ -121,8 +121,8 @@ def test_chart_is_a_png_of_the_expected_size_with_each_limit_dashed(tmp_path: Pa
     sharded_rows = _dashed_rows(img, COLOURS[0], *studio)
     per_sku_rows = _dashed_rows(img, COLOURS[1], *studio)
     assert sharded_rows and per_sku_rows
-    # The last-drawn limit (per-SKU) overdraws the first on the shared row; the rows coincide or touch.
-    assert abs(per_sku_rows[0] - sharded_rows[0]) <= 2
+    # Equal limits: the second is drawn 3 px under the first rather than over it.
+    assert per_sku_rows[0] - sharded_rows[0] == 3
     # Remote: the deferrable limit (20.2) sits above the sync one (15.7), at 15.7/20.2 of the height.
     sync_rows, deferred_rows = _dashed_rows(img, COLOURS[0], *remote), _dashed_rows(img, COLOURS[1], *remote)
     assert sync_rows and deferred_rows
