@@ -128,6 +128,18 @@ def campaign(conn: Any, campaign_id: str) -> Campaign:
     return Campaign.from_row(row)
 
 
+def campaign_of_run(conn: Any, run_id: str) -> str | None:
+    """The campaign an Airflow run registered or last (re-)drove, if any."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT campaign_id FROM campaigns WHERE dag_run_id = %s OR last_run_id = %s ORDER BY created_at LIMIT 1",
+            (run_id, run_id),
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    return row[0] if row else None
+
+
 def find_campaigns(conn: Any, ident: str) -> list[Campaign]:
     """Campaigns by id, id prefix or Airflow run id (for ``atelier status``)."""
     with conn.cursor() as cur:

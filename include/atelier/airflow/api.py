@@ -23,9 +23,10 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from atelier import catalog
+from atelier import catalog, ledger
+from atelier.airflow import resources, web
+from atelier.airflow.web import DROP_DAG
 
-DROP_DAG = "catalog_drop"
 IDENTITY = ("brand", "manifest_uri", "output_specs", "provider", "drop_id", "dry_run")  # a repeat must match
 
 
@@ -65,59 +66,27 @@ def run_id_for_request(brand: str, drop_id: str) -> str:
 
 
 def _requires_run_access(method: str) -> Any:
-    """A dependency running Airflow's own ``requires_access_dag`` for catalog_drop's runs on the
-    caller's JWT (bearer header, else the UI's cookie). Airflow's security module is imported on
-    the first request, not when the plugin is loaded (every Airflow process loads plugins)."""
+    """A dependency running Airflow's own access check on catalog_drop's runs for the caller."""
 
     async def dependency(request: Request) -> None:
-        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-        from airflow.api_fastapi.core_api.security import requires_access_dag, resolve_user_from_token
-
-        token = _token(request)
-        if not token:
-            raise HTTPException(status_code=401, detail="Not authenticated: Authorization: Bearer <Airflow token>")
-        user = await resolve_user_from_token(token)
-        requires_access_dag(method, DagAccessEntity.RUN, param_dag_id=DROP_DAG)(request, user)
+        user = await web.caller(request, "Not authenticated: Authorization: Bearer <Airflow token>")
+        web.require_run_access(request, user, method)
 
     return Depends(dependency)
 
 
-def _token(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.cookies.get("_token")
-
-
-def _core(request: Request) -> httpx.Client:
-    """A client for Airflow's core API on this same server, carrying the caller's credential."""
-    from airflow.configuration import conf
-
-    headers = {"authorization": f"Bearer {_token(request)}"}
-    base = conf.get("api", "base_url", fallback="http://127.0.0.1:8080").rstrip("/")
-    return httpx.Client(base_url=f"{base}/api/v2", headers=headers, timeout=30)
-
-
 def _campaign(run_id: str) -> dict[str, Any] | None:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    from atelier.airflow.resources import LEDGER_CONN_ID
-
-    conn = PostgresHook(postgres_conn_id=LEDGER_CONN_ID).get_conn()
+    """The ledger's outcome of the campaign a run registered (or re-drove); None before register ran."""
+    conn = resources.ledger_conn()
     try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """SELECT campaign_id, state, counts, report_uri, contact_sheet_uri FROM campaigns
-                   WHERE dag_run_id = %s OR last_run_id = %s ORDER BY created_at LIMIT 1""",
-                (run_id, run_id),
-            )
-            row = cur.fetchone()
+        cid = ledger.campaign_of_run(conn, run_id)
+        camp = ledger.campaign(conn, cid) if cid else None
     finally:
         conn.close()
-    if not row:
+    if camp is None:
         return None
     keys = ("campaign_id", "state", "counts", "report_uri", "contact_sheet_uri")
-    return dict(zip(keys, row, strict=True))
+    return {k: getattr(camp, k) for k in keys}
 
 
 def _detail(resp: httpx.Response) -> Any:
@@ -160,7 +129,7 @@ def create_app() -> FastAPI:
         except ConfigError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         run_id = run_id_for_request(body.brand, drop_id)
-        with _core(request) as core:
+        with web.core_client(request) as core:
             resp = core.post(
                 f"/dags/{DROP_DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
             )
@@ -184,7 +153,7 @@ def create_app() -> FastAPI:
     @app.get("/v1/drops/{dag_run_id}", dependencies=[_requires_run_access("GET")])
     def get_drop(dag_run_id: str, request: Request) -> dict[str, Any]:
         """The run's state and, once registered, its campaign (state, counts, report URIs)."""
-        with _core(request) as core:
+        with web.core_client(request) as core:
             resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{quote(dag_run_id, safe='')}")
         if resp.status_code != 200:
             raise HTTPException(status_code=resp.status_code, detail=_detail(resp))
@@ -196,9 +165,9 @@ def create_app() -> FastAPI:
         new attempt of the same campaign (run ``retry__<campaign>__<attempt>``), keeping those its
         input caused unless ``force``. 404 unknown campaign; 409 refused, saying why (still
         running, nothing retryable); 502 Airflow would not start the run."""
-        from atelier.airflow.ui import _airflow_ledger, _airflow_s3, _retry
-
         body = body or RetryRequest()
-        return _retry(request, campaign_id, body.model_dump(), _airflow_ledger, _airflow_s3, via="product API")
+        return web.request_retry(
+            request, campaign_id, body.model_dump(), resources.ledger_conn, resources.s3_client, via="product API"
+        )
 
     return app

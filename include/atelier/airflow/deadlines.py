@@ -154,22 +154,16 @@ CampaignLookup = Callable[[str], Campaign | None]
 def ledger_campaign(run_id: str) -> Campaign | None:
     """The campaign a catalog_drop run registered (or re-drove), from the ledger via the
     ``atelier_ledger`` connection; None before ``register`` ran."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from atelier import ledger
+    from atelier.airflow.resources import ledger_conn
 
-    from atelier.airflow.resources import LEDGER_CONN_ID
-
-    conn = PostgresHook(postgres_conn_id=LEDGER_CONN_ID).get_conn()
+    conn = ledger_conn()
     try:
-        with conn.cursor() as cur:
-            cur.execute(
-                """SELECT campaign_id, brand, state, render_count FROM campaigns
-                   WHERE dag_run_id = %s OR last_run_id = %s ORDER BY created_at LIMIT 1""",
-                (run_id, run_id),
-            )
-            row = cur.fetchone()
+        cid = ledger.campaign_of_run(conn, run_id)
+        camp = ledger.campaign(conn, cid) if cid else None
     finally:
         conn.close()
-    return Campaign(*row) if row else None
+    return Campaign(camp.campaign_id, camp.brand, camp.state, camp.render_count) if camp else None
 
 
 def handle(

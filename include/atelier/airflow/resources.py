@@ -28,3 +28,18 @@ def from_connections(ledger_conn_id: str = LEDGER_CONN_ID, aws_conn_id: str = S3
     conn = PostgresHook(postgres_conn_id=ledger_conn_id).get_conn()
     with opened(conn, storage) as res:
         yield res
+
+
+def ledger_conn(conn_id: str = LEDGER_CONN_ID) -> object:
+    """A ledger connection through the Airflow connection (the caller closes it): for code that
+    runs in an Airflow process outside a task (api-server plugins, deadline callbacks)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=conn_id).get_conn()
+
+
+def s3_client(conn_id: str = S3_CONN_ID) -> object:
+    """An S3 client through the Airflow connection, for the same callers as ``ledger_conn``."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()

@@ -36,7 +36,9 @@ from airflow.sdk import BaseOperatorLink
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from atelier.airflow.api import DROP_DAG, _core, _token
+from atelier.airflow import resources, web
+from atelier.airflow.web import DROP_DAG
+from atelier.ledger import campaign_of_run
 
 URL_PREFIX = "/atelier-ui"  # where the plugin mounts this app in the api-server
 URL_ROUTE = "campaigns"  # the Airflow UI route of the nav entry: /plugin/campaigns
@@ -202,17 +204,6 @@ def get_campaign(conn: Any, campaign_id: str) -> dict[str, Any] | None:
     return view(with_costs(conn, rows)[0], live_counts(conn, [campaign_id])[campaign_id])
 
 
-def campaign_of_run(conn: Any, run_id: str) -> str | None:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT campaign_id FROM campaigns WHERE dag_run_id = %s OR last_run_id = %s ORDER BY created_at LIMIT 1",
-            (run_id, run_id),
-        )
-        row = cur.fetchone()
-    conn.rollback()
-    return row[0] if row else None
-
-
 def thumbnails(conn: Any, campaign_id: str, page: int) -> tuple[list[dict[str, Any]], int]:
     """One tile per SKU that has an output, in manifest order: (tiles of the page, how many SKUs have
     one). A tile shows the SKU's smallest output that is still sharp at tile size (else its largest)."""
@@ -299,21 +290,9 @@ def report_object(conn: Any, campaign_id: str, which: str) -> tuple[str, str] | 
 
 
 # -- wiring ----------------------------------------------------------------------------------------
-def _airflow_ledger() -> Any:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    from atelier.airflow.resources import LEDGER_CONN_ID
-
-    return PostgresHook(postgres_conn_id=LEDGER_CONN_ID).get_conn()
-
-
 @cache
-def _airflow_s3() -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    from atelier.airflow.resources import S3_CONN_ID
-
-    return S3Hook(aws_conn_id=S3_CONN_ID).get_conn()
+def _airflow_s3() -> Any:  # one client per api-server process
+    return resources.s3_client()
 
 
 @cache
@@ -356,25 +335,19 @@ def _access(method: str, page: bool = False) -> Any:
     a valid session raises LoginRequired (→ the login page); anything else answers 401/403."""
 
     async def dependency(request: Request) -> None:
-        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-        from airflow.api_fastapi.core_api.security import requires_access_dag, resolve_user_from_token
-
-        token = _token(request)
         try:
-            if not token:
-                raise HTTPException(status_code=401, detail="Not authenticated: log in to Airflow")
-            user = await resolve_user_from_token(token)
+            user = await web.caller(request, "Not authenticated: log in to Airflow")
         except HTTPException as exc:
             if page and exc.status_code in (401, 403):
                 raise LoginRequired() from exc
             raise
-        requires_access_dag(method, DagAccessEntity.RUN, param_dag_id=DROP_DAG)(request, user)
+        web.require_run_access(request, user, method)
 
     return Depends(dependency)
 
 
 def create_app(
-    connect: Callable[[], Any] = _airflow_ledger,
+    connect: Callable[[], Any] = resources.ledger_conn,
     s3: Callable[[], Any] = _airflow_s3,
     airflow_base: Callable[[], str] = _airflow_base,
 ) -> FastAPI:
@@ -532,7 +505,7 @@ def create_app(
         with ledger() as conn:
             v = found(conn, campaign_id)
         run_id = v["run_id"]
-        with _core(request) as core:
+        with web.core_client(request) as core:
             got = core.get(f"/dags/{DROP_DAG}/dagRuns/{quote(run_id, safe='')}")
             if got.status_code == 200:
                 run = got.json()
@@ -571,7 +544,8 @@ def create_app(
         if not request.headers.get("content-type", "").startswith("application/json"):
             raise HTTPException(status_code=415, detail="send application/json")
         body = await request.json() if await request.body() else {}
-        return JSONResponse(_retry(request, campaign_id, body if isinstance(body, dict) else {}, connect, s3))
+        body = body if isinstance(body, dict) else {}
+        return JSONResponse(web.request_retry(request, campaign_id, body, connect, s3, via="campaign page"))
 
     # -- the nav icon (no data in it: served without a session) ---------------------------------------
     @app.get("/static/icon.svg")
@@ -581,62 +555,11 @@ def create_app(
     return app
 
 
-def _retry(
-    request: Request,
-    campaign_id: str,
-    body: dict[str, Any],
-    connect: Callable[[], Any],
-    s3: Callable[[], Any],
-    via: str = "campaign page",
-) -> dict[str, Any]:
-    """One retry request (page action and product API): 404 unknown campaign, 409 refused (why),
-    502 when Airflow would not start the run; the run is started with the caller's token."""
-    from atelier import retry
-    from atelier.storage import Storage
-
-    def trigger(run_id: str, conf: dict[str, Any]) -> bool:
-        with _core(request) as core:
-            resp = core.post(
-                f"/dags/{DROP_DAG}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf}
-            )
-        if resp.status_code not in (200, 201, 409):
-            raise RuntimeError(f"Airflow answered {resp.status_code}: {resp.text[:300]}")
-        return resp.status_code != 409
-
-    force, reason, dry = body.get("force", False), body.get("reason_contains"), body.get("dry_run", False)
-    if not isinstance(force, bool) or not isinstance(dry, bool) or not isinstance(reason, str | None):
-        raise HTTPException(status_code=422, detail="force and dry_run must be booleans, reason_contains a string")
-    conn = connect()
-    try:
-        out = retry.request(
-            conn,
-            campaign_id,
-            trigger,
-            reason_contains=reason or None,
-            force=force,
-            dry_run=dry,
-            requested_by=via,
-            storage=Storage(s3()),
-        )
-    except retry.RetryRefused as exc:
-        raise HTTPException(status_code=404 if "no campaign" in str(exc) else 409, detail=str(exc)) from exc
-    except retry.RetryNotStarted as exc:
-        raise HTTPException(status_code=502, detail=str(exc)) from exc
-    finally:
-        conn.close()
-    verb = "Would re-run" if dry else "Re-running"
-    out["message"] = (
-        f"{verb} {out['requeued']} failed render(s) as attempt {out['attempt']} (run {out['dag_run_id']}); "
-        f"{out['kept']} kept (caused by their input)."
-    )
-    return out
-
-
 def _run_states(request: Request, run_id: str | None) -> dict[str, str]:
     """Airflow's state of one run (``run_id``) or of catalog_drop's newest runs, read with the
     caller's token; empty when Airflow does not answer (the page shows the ledger's view alone)."""
     try:
-        with _core(request) as core:
+        with web.core_client(request) as core:
             if run_id:
                 resp = core.get(f"/dags/{DROP_DAG}/dagRuns/{quote(run_id, safe='')}", timeout=5)
                 return {run_id: resp.json()["state"]} if resp.status_code == 200 else {}
