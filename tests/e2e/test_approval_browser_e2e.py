@@ -162,7 +162,7 @@ def test_a_reviewer_approves_a_campaign_in_the_airflow_ui(waiting_drop: dict[str
     assert camp.approval["approved"] is True and camp.approval["by"] == "admin" and not camp.approval["timed_out"]
     assert camp.counts["failed"] == 1 and camp.counts["succeeded"] == SKUS - 1
 
-    # The answered approval is no longer pending: the run's page shows it finished.
+    # The run as the UI shows it after the answer (a screenshot for the record).
     page.goto(f"{base}/dags/catalog_drop/runs/{run_id}")
     page.get_by_text("finalize").first.wait_for()
     shot(page, "5_run")
