@@ -63,7 +63,18 @@ locals {
       AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT           = "600"
       AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK           = "True"
       AIRFLOW__CELERY__WORKER_CONCURRENCY               = "8"
-      AIRFLOW__METRICS__STATSD_ON                       = "False"
+      # As config/celery.env and compose: no prefetching, acks when a task ends, a visibility
+      # timeout above the longest task, a dead worker's tries failed after 60 s without heartbeats.
+      AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER                  = "1"
+      AIRFLOW__CELERY__TASK_ACKS_LATE                              = "True"
+      AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT = "21600"
+      AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT          = "60"
+      AIRFLOW__CORE__HOSTNAME_CALLABLE                             = "atelier.airflow.hostname.hostname"
+      # Task logs to S3 when a task ends (workers share no disk with the api-server).
+      AIRFLOW__LOGGING__REMOTE_LOGGING         = "True"
+      AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER = "s3://${aws_s3_bucket.this["reports"].id}/airflow-logs"
+      AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID     = "atelier_s3"
+      AIRFLOW__METRICS__STATSD_ON              = "False"
       # Tasks reach S3 with the worker role's credentials: no keys in the connection.
       AIRFLOW_CONN_ATELIER_S3 = jsonencode({ conn_type = "aws", extra = { region_name = local.region } })
     },

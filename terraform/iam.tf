@@ -54,6 +54,13 @@ data "aws_iam_policy_document" "worker" {
     resources = ["${aws_s3_bucket.this["reports"].arn}/campaigns/*"]
   }
 
+  # Airflow task logs (remote logging): written by the workers, read by the api-server.
+  statement {
+    sid       = "ReadWriteTaskLogs"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${aws_s3_bucket.this["reports"].arn}/airflow-logs/*"]
+  }
+
   # Listing: inputs are fingerprinted by listing their prefix, the reaper reconciles renders, and
   # without s3:ListBucket a HEAD of a missing key answers 403 instead of the 404 the write-once
   # check relies on (a HEAD has no s3:prefix to condition on, so this cannot be narrowed by prefix).
@@ -76,12 +83,49 @@ data "aws_iam_policy_document" "worker" {
   }
 }
 
-# -- the other Airflow components: no AWS permissions ---------------------------------------------
+# -- the other Airflow components: task logs only -------------------------------------------------
 resource "aws_iam_role" "airflow" {
   name               = "${var.name}-airflow"
-  description        = "Atelier ${var.name}: api-server, scheduler, dag-processor, triggerer, init (no AWS access)"
+  description        = "Atelier ${var.name}: api-server, scheduler, dag-processor, triggerer, init (task logs only)"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
   tags               = local.tags
+}
+
+resource "aws_iam_role_policy" "airflow" {
+  name   = "atelier-task-logs"
+  role   = aws_iam_role.airflow.id
+  policy = data.aws_iam_policy_document.airflow.json
+}
+
+# Remote logging: the api-server reads the task logs workers wrote, the triggerer writes its own.
+data "aws_iam_policy_document" "airflow" {
+  statement {
+    sid       = "ReadWriteTaskLogs"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${aws_s3_bucket.this["reports"].arn}/airflow-logs/*"]
+  }
+
+  statement {
+    sid       = "ListTaskLogs"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.this["reports"].arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["airflow-logs/*"]
+    }
+  }
+
+  statement {
+    sid       = "UseKeyThroughS3"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.this.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${local.region}.amazonaws.com"]
+    }
+  }
 }
 
 # -- ECS's execution role -------------------------------------------------------------------------
