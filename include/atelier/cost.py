@@ -24,72 +24,15 @@ A re-used render (skipped at plan time: its output existed) costs nothing here a
 
 from __future__ import annotations
 
-import math
-import re
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from atelier.catalog import ConfigError
-
-PRICE_FIELDS = ("per_call", "per_second", "per_image")
-CURRENCY = re.compile(r"^[A-Z]{3}$")
-DEFAULT_CURRENCY = "USD"
-TERMINAL = ("succeeded", "failed", "gone")  # job states a trigger stops polling at
-
+from atelier.pricing import DEFAULT_CURRENCY, Price, parse_price
 
 # -- the price table ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Price:
-    """One provider's prices (Decimal: money is summed exactly, rounded only when shown)."""
-
-    per_call: Decimal = Decimal(0)
-    per_second: Decimal = Decimal(0)
-    per_image: Decimal = Decimal(0)
-    currency: str = DEFAULT_CURRENCY
-
-    def of(self, calls: int, render_ms: int, images: int) -> Decimal:
-        """What these measurements cost at this price."""
-        return self.per_call * calls + self.per_second * Decimal(render_ms) / 1000 + self.per_image * images
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**{f: float(getattr(self, f)) for f in PRICE_FIELDS}, "currency": self.currency}
-
-
-def parse_price(provider: str, raw: Any) -> Price:
-    """The ``price`` entry of one provider, or a ConfigError naming the provider, field and value."""
-    where = f"providers.json: {provider}: price"
-    if raw is None:
-        return Price()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {raw!r} must be an object with {', '.join(PRICE_FIELDS)}, currency")
-    unknown = sorted(set(raw) - {*PRICE_FIELDS, "currency"})
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown field; known: {', '.join(PRICE_FIELDS)}, currency")
-    values: dict[str, Any] = {}
-    for name in PRICE_FIELDS:
-        if name not in raw:
-            continue
-        v = raw[name]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{where}.{name}: {v!r} must be a number ≥ 0")
-        values[name] = Decimal(str(v))
-    currency = raw.get("currency", DEFAULT_CURRENCY)
-    if not isinstance(currency, str) or not CURRENCY.match(currency):
-        raise ConfigError(f"{where}.currency: {currency!r} must be a three-letter ISO 4217 code such as 'USD'")
-    return Price(**values, currency=currency)
-
-
-def check_prices(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Checks every provider's price table (raises ConfigError on the first bad one); returns them."""
-    for name, cfg in configs.items():
-        parse_price(name, cfg.get("price") if isinstance(cfg, dict) else None)
-    return configs
 
 
 def price(provider: str) -> Price:
@@ -101,112 +44,6 @@ def price(provider: str) -> Price:
 
 
 # -- measuring ---------------------------------------------------------------------------------------
-@dataclass
-class Meter:
-    """What one render (or one trigger poll) spent, per provider. Thread-safe: a fallback chain and
-    its HTTP hooks report into it from the thread that works on the render."""
-
-    calls: dict[str, int] = field(default_factory=dict)
-    ms: dict[str, float] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def call(self, provider: str, n: int = 1) -> None:
-        with self.lock:
-            self.calls[provider] = self.calls.get(provider, 0) + n
-
-    def took(self, provider: str, seconds: float) -> None:
-        with self.lock:
-            self.ms[provider] = self.ms.get(provider, 0.0) + max(0.0, seconds) * 1000
-
-    @contextmanager
-    def timing(self, provider: str, in_process: bool) -> Iterator[None]:
-        """Times one provider's work on the render; an in-process renderer's invocation is a call."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.took(provider, time.perf_counter() - started)
-            if in_process:
-                self.call(provider)
-
-    def spent(self, served_by: str | None = None) -> list[dict[str, Any]]:
-        """Rows for ``record_render``: one per provider that was called or worked; ``images`` is 1
-        for ``served_by`` (the provider whose output this render got), else 0."""
-        with self.lock:
-            names = sorted({*self.calls, *self.ms} | ({served_by} if served_by else set()))
-            return [
-                {
-                    "provider": p,
-                    "calls": self.calls.get(p, 0),
-                    "render_ms": round(self.ms.get(p, 0.0)),
-                    "images": int(p == served_by),
-                }
-                for p in names
-            ]
-
-
-_CURRENT: ContextVar[Meter | None] = ContextVar("atelier_cost_meter", default=None)
-
-
-@contextmanager
-def metering(meter: Meter | None = None) -> Iterator[Meter]:
-    """Makes ``meter`` (a new one by default) the one this thread's provider calls report to."""
-    meter = meter if meter is not None else Meter()
-    token = _CURRENT.set(meter)
-    try:
-        yield meter
-    finally:
-        _CURRENT.reset(token)
-
-
-def current() -> Meter | None:
-    return _CURRENT.get()
-
-
-def http_hook(provider: str) -> Callable[[Any], None]:
-    """An httpx ``request`` event hook: each request the client sends counts as one call of
-    ``provider`` in the current meter (none: outside a render, e.g. a health check — not counted)."""
-
-    def hook(request: Any) -> None:
-        meter = _CURRENT.get()
-        if meter is not None:
-            meter.call(provider)
-
-    hook.atelier_cost_provider = provider  # type: ignore[attr-defined]
-    return hook
-
-
-def meter_clients(provider: Any) -> Any:
-    """Adds the call-counting hook to every httpx client the provider object holds (its API client,
-    and e.g. the predictions adapter's output-URL client), once each; returns the provider."""
-    import httpx
-
-    for client in list(vars(provider).values()):
-        if isinstance(client, httpx.Client):
-            hooks = client.event_hooks
-            if not any(getattr(h, "atelier_cost_provider", None) for h in hooks.get("request", [])):
-                hooks.setdefault("request", []).append(http_hook(provider.name))
-                client.event_hooks = hooks
-    return provider
-
-
-def poll_metered(poll: Callable[[str], dict[str, Any] | None], job_id: str, spent: dict[str, dict[str, Any]]) -> Any:
-    """One trigger poll of ``job_id`` with its calls counted into ``spent[job_id]`` (``calls``), and
-    the time it was first seen finished (``seen_at``, epoch seconds). Runs in the poll's thread."""
-    with metering() as meter:
-        try:
-            status = poll(job_id)
-        finally:
-            entry = spent.setdefault(job_id, {"calls": 0})
-            entry["calls"] += sum(meter.calls.values())
-    if isinstance(status, dict) and status.get("status") in TERMINAL:
-        entry.setdefault("seen_at", time.time())
-    return status
-
-
-def with_spent(statuses: dict[str, dict[str, Any]], spent: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The trigger's statuses, each carrying what polling that job spent (``spent``)."""
-    return {j: {**s, "spent": spent.get(j, {"calls": 0})} for j, s in statuses.items()}
 
 
 # -- recording ---------------------------------------------------------------------------------------
@@ -453,28 +290,3 @@ def saved_metrics(brand: str, cost: dict[str, Any] | None, provider: str) -> Non
 
     with suppress(Exception):
         metrics.cost_saved(provider, brand, sum(cost["saved"]["money"].values()))
-
-
-@contextmanager
-def work(provider: str, in_process: bool) -> Iterator[None]:
-    """Times a provider's work on the current render into the current meter (none: not measured)."""
-    meter = _CURRENT.get()
-    if meter is None:
-        yield
-        return
-    with meter.timing(provider, in_process):
-        yield
-
-
-def job_meter(job: dict[str, Any], status: dict[str, Any], provider: str) -> Meter:
-    """A deferred render's meter on resume: the calls of its submit (``job["spent"]``) and of the
-    trigger's polls (``status["spent"]``), and submit → seen finished as its render time."""
-    meter = Meter()
-    for row in job.get("spent") or []:
-        meter.call(row["provider"], int(row["calls"]))
-        meter.took(row["provider"], int(row["render_ms"]) / 1000)
-    polled = status.get("spent") or {}
-    meter.call(provider, int(polled.get("calls", 0)))
-    if polled.get("seen_at") and job.get("submitted_at"):
-        meter.took(provider, float(polled["seen_at"]) - float(job["submitted_at"]))
-    return meter

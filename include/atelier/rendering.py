@@ -16,7 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
-from atelier import catalog, cost, ledger, logs, metrics, providers
+from atelier import catalog, cost, ledger, logs, metering, metrics, providers
 from atelier.catalog import OutputSpec
 from atelier.images import BadImage, check_output
 from atelier.providers import Provider, get_provider
@@ -74,7 +74,7 @@ def render_with_chain(
         reasons, all_open = [], True
         for provider in chain:
             try:
-                with cost.work(provider.name, in_process=provider.capabilities.mode == "sync"):
+                with metering.work(provider.name, in_process=provider.capabilities.mode == "sync"):
                     data = provider.render(source, spec, brand, key_for(provider.name))
                 return data, provider.name
             except (BadImage, PermanentError, CoordinationUnavailable):
@@ -120,7 +120,7 @@ def _render_sku(ctx: ShardContext, storage: Storage, items: list[ledger.Claimed]
     out = list(done.values())
     for c in items:
         started = time.perf_counter()
-        with cost.metering() as meter:  # what this render spends, per provider of the chain
+        with metering.metering() as meter:  # what this render spends, per provider of the chain
             try:
                 data, served_by = render_with_chain(ctx.chain, source, ctx.specs[c.spec], ctx.brand, ctx.asked_keys(c))
             except (BadImage, PermanentError) as exc:
@@ -422,7 +422,7 @@ def _submit_batch(
             "slot": token,
         }
         before = len(done)
-        with cost.metering() as meter:  # what this render's submit (or fallback) spends
+        with metering.metering() as meter:  # what this render's submit (or fallback) spends
             submitted_at = time.time()
             try:
                 try:
@@ -519,7 +519,7 @@ def _complete_batch(
         )
         status = statuses.get(j["job_id"], {"status": "unknown", "error": "no status"})
         # what the submit, the trigger's polls and the result fetch spent (atelier.cost)
-        with cost.metering(cost.job_meter(j, status, primary.name)) as meter:
+        with metering.metering(metering.job_meter(j, status, primary.name)) as meter:
             try:
                 if status["status"] == "succeeded":
                     results.append(Rendered(c, primary.result(j["job_id"], status), primary.name))

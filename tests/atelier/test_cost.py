@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from atelier import cost, ledger, metrics, providers
+from atelier import cost, ledger, metering, metrics, pricing, providers
 from atelier.airflow.triggers import ProviderJobsTrigger
 from atelier.campaign import DropRequest
 from atelier.catalog import ConfigError
@@ -60,7 +60,7 @@ def server_requests(url: str) -> int:
 )
 def test_a_bad_price_is_refused_naming_provider_field_and_value(price: Any, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        cost.parse_price("p", price)
+        pricing.parse_price("p", price)
     assert message in str(err.value)
 
 
@@ -75,7 +75,7 @@ def test_the_price_table_is_checked_when_providers_json_is_loaded(monkeypatch: p
 
 
 def test_money_is_calls_seconds_and_images_at_the_price() -> None:
-    p = cost.parse_price("p", PRICE)
+    p = pricing.parse_price("p", PRICE)
     assert float(p.of(calls=7, render_ms=2500, images=3)) == pytest.approx(7 * 0.0003 + 2.5 * 0.0125 + 3 * 0.002)
     assert cost.display({"USD": 0.01234}) == "$0.0123" and cost.display({"EUR": 250.0}) == "250.00 EUR"
 
@@ -263,10 +263,10 @@ def test_every_client_of_a_provider_counts_its_requests_once_and_only_for_a_rend
             outputs_allow_networks=["127.0.0.0/8"],
         )
         p: Any = providers.get_provider("predictions")
-        cost.meter_clients(p)  # a second time: still one hook per client
+        metering.meter_clients(p)  # a second time: still one hook per client
         assert [len(c.event_hooks["request"]) for c in (p.http, p.outputs)] == [1, 1]
         p.http.get(url)  # outside any render (a health check, say): not a call of anyone's
-        with cost.metering() as meter:
+        with metering.metering() as meter:
             p.http.get(url)
             p.outputs.get(url)
         assert meter.calls == {"predictions": 2}

@@ -61,7 +61,7 @@ class ProviderJobsTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from atelier import cost
+        from atelier import metering
         from atelier.providers import get_provider
 
         provider: Any = get_provider(self.provider)
@@ -83,7 +83,7 @@ class ProviderJobsTrigger(BaseTrigger):
                     provider.poll_status, wait=max(0.0, min(long_poll, self.deadline - time.time()))
                 )
                 results = await asyncio.gather(
-                    *(loop.run_in_executor(threads, cost.poll_metered, poll, j, spent) for j in pending)
+                    *(loop.run_in_executor(threads, metering.poll_metered, poll, j, spent) for j in pending)
                 )
                 still, held, etas = [], True, []
                 for job_id, status in zip(pending, results, strict=True):
@@ -103,4 +103,4 @@ class ProviderJobsTrigger(BaseTrigger):
             statuses[job_id] = {"status": "unknown", "error": "not finished by the trigger's deadline"}
         if (wait := self.not_before - time.time()) > 0:
             await asyncio.sleep(wait)
-        yield TriggerEvent({"statuses": cost.with_spent(statuses, spent)})  # each job's polls (atelier.cost)
+        yield TriggerEvent({"statuses": metering.with_spent(statuses, spent)})  # each job's polls (atelier.cost)

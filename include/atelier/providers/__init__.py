@@ -18,7 +18,7 @@ __all__ = ["Capabilities", "Provider", "chain", "config", "configs", "get_provid
 
 
 def configs() -> dict[str, dict[str, Any]]:
-    from atelier.cost import check_prices
+    from atelier.pricing import check_prices
 
     return check_prices(load_config("providers.json"))  # a bad price table fails at load, named
 
@@ -48,7 +48,7 @@ def chain(name: str) -> list[str]:
 @cache
 def get_provider(name: str) -> Provider:
     """The provider object, its HTTP clients counting each request as a call (``atelier.cost``)."""
-    from atelier.cost import meter_clients
+    from atelier.metering import meter_clients
 
     return meter_clients(_build(name))
 
