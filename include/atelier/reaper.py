@@ -14,6 +14,11 @@ from atelier.storage import Storage, render_object_key
 log = logs.get("atelier.reaper")
 IDLE_S = 300  # a campaign whose renders nobody touched for this long has stalled
 MAX_REDRIVES = 3  # after this many re-drives (since its last reopen) a stalled campaign is failed
+# Re-drive runs queued or running at once (the reaper DAG's cap). catalog_drop runs 4 at a time; a
+# stack restart can find dozens of stalled campaigns, and re-driving all of them at once filled
+# every run slot for an hour while a person's drop stayed queued behind them (measured). The rest
+# wait for later sweeps, highest priority and longest stalled first.
+REDRIVES_AT_ONCE = 1
 FINISHED = ("complete", "partial", "failed")
 
 
@@ -183,9 +188,10 @@ def stalled(
     max_redrives: int = MAX_REDRIVES,
     run_active: Callable[[str], bool] | None = None,
     campaign_ids: list[str] | None = None,
+    at_once: int | None = None,
 ) -> list[dict[str, Any]]:
     """The re-drives of :func:`redrive_or_give_up` (campaigns it gives up are marked failed)."""
-    return redrive_or_give_up(conn, idle_s, max_redrives, run_active, campaign_ids)[0]
+    return redrive_or_give_up(conn, idle_s, max_redrives, run_active, campaign_ids, at_once)[0]
 
 
 def redrive_or_give_up(
@@ -194,6 +200,7 @@ def redrive_or_give_up(
     max_redrives: int = MAX_REDRIVES,
     run_active: Callable[[str], bool] | None = None,
     campaign_ids: list[str] | None = None,
+    at_once: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Campaigns left with work to do, no activity for ``idle_s`` seconds and no Airflow run still
     queued or running, each with the run id and conf of its next re-drive (the counter makes the
@@ -205,19 +212,31 @@ def redrive_or_give_up(
     ``None`` means the caller knows no run of these campaigns is active.
     A campaign re-driven ``max_redrives`` times since it was last reopened is marked failed instead
     (e.g. its manifest or images are gone), so nothing is re-driven forever.
-    ``campaign_ids`` limits the sweep to those campaigns. Returns (re-drives, campaigns given up)."""
+    ``campaign_ids`` limits the sweep to those campaigns. ``at_once`` caps the re-drive runs active
+    at once (counting those already queued or running, as ``run_active`` says); None: no cap.
+    Returns (re-drives, campaigns given up)."""
     args: dict[str, Any] = {"idle": idle_s, "max": max_redrives, "finished": list(FINISHED)}
     only = ""
     if campaign_ids is not None:
         only, args["only"] = "AND c.campaign_id = ANY(%(only)s)", list(campaign_ids)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT c.campaign_id, c.dag_run_id, c.last_run_id FROM campaigns c WHERE {STALL} {only}", args)
+        cur.execute(
+            f"""SELECT c.campaign_id, c.dag_run_id, c.last_run_id, c.redrives - c.redrives_at_reopen >= %(max)s
+                FROM campaigns c WHERE {STALL} {only}
+                ORDER BY CASE c.priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END, c.updated_at""",
+            args,
+        )
         candidates = cur.fetchall()
     conn.rollback()
     # Asked outside any transaction: no row is locked while Airflow answers.
-    args["idle_ids"] = [
-        cid for cid, first, last in candidates if not (run_active and any(run_active(r) for r in (last, first) if r))
+    idle = [
+        (cid, spent)
+        for cid, first, last, spent in candidates
+        if not (run_active and any(run_active(r) for r in (last, first) if r))
     ]
+    args["idle_ids"] = [cid for cid, _ in idle]
+    room = len(idle) if at_once is None else max(0, at_once - active_redrives(conn, run_active))
+    args["redrive_ids"] = [cid for cid, spent in idle if not spent][:room]
     waiting = len(candidates) - len(args["idle_ids"])
     if waiting:
         log.info("%d stalled-looking campaign(s) still have a queued or running run: left alone", waiting)
@@ -244,7 +263,7 @@ def redrive_or_give_up(
                   last_run_id = 'redrive__' || c.campaign_id || '__' || (c.redrives + 1),
                   state = CASE WHEN c.state = 'registered' THEN 'registered' ELSE 'planned' END,
                   reopened_at = NULL, updated_at = now()
-               WHERE {STALL} AND c.campaign_id = ANY(%(idle_ids)s) AND c.redrives - c.redrives_at_reopen < %(max)s
+               WHERE {STALL} AND c.campaign_id = ANY(%(redrive_ids)s) AND c.redrives - c.redrives_at_reopen < %(max)s
                RETURNING campaign_id, brand, drop_id, manifest_uri, specs, provider, priority, last_run_id""",
             args,
         )
@@ -271,6 +290,21 @@ def redrive_or_give_up(
     return redrives, given_up
 
 
+def active_redrives(conn: Any, run_active: Callable[[str], bool] | None) -> int:
+    """Re-drive runs of unfinished campaigns that Airflow still has queued or running."""
+    if run_active is None:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(
+            r"""SELECT last_run_id FROM campaigns
+                WHERE last_run_id LIKE 'redrive\_\_%%' AND dry_run = false AND NOT (state = ANY(%s))""",
+            (list(FINISHED),),
+        )
+        runs = [r for (r,) in cur.fetchall()]
+    conn.rollback()
+    return sum(1 for r in runs if run_active(r))
+
+
 @dataclass
 class Sweep:
     expired: dict[str, int]  # leases returned to pending, per campaign
@@ -285,7 +319,9 @@ class Sweep:
         )
 
 
-def sweep(res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list[str] | None = None) -> Sweep:
+def sweep(
+    res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list[str] | None = None, at_once: int | None = None
+) -> Sweep:
     """One pass of the reaper (``res``: a ledger connection and S3 storage): expired leases back to
     pending, ledger and S3 reconciled, stalled campaigns re-driven or given up. A campaign given up
     is finalized again (failed, with the reason) so its report and contact sheet stop describing
@@ -295,7 +331,9 @@ def sweep(res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list
 
     expired = reap_expired(res.conn)
     fixed = reconcile(res.conn, res.storage, active_campaigns(res.conn) if campaign_ids is None else campaign_ids)
-    redrives, given_up = redrive_or_give_up(res.conn, run_active=run_active, campaign_ids=campaign_ids)
+    redrives, given_up = redrive_or_give_up(
+        res.conn, run_active=run_active, campaign_ids=campaign_ids, at_once=at_once
+    )
     for cid in given_up:
         note = ledger.campaign(res.conn, cid).qa or {}
         qa = {"success": False, "success_ratio": 0.0, "missing_objects": None, **note}

@@ -308,3 +308,23 @@ def test_an_adopted_output_is_recorded_with_the_campaigns_own_spec(conn: Any, st
         cur.execute("SELECT width, height FROM outputs WHERE render_key = %s", (c.render_key,))
         assert cur.fetchone() == (300, 300)
     conn.rollback()
+
+
+def test_redrives_are_capped_at_once_highest_priority_first(conn: Any, storage: Storage, uid: str):
+    cids = {p: campaign(conn, storage, f"{uid}-{p}") for p in ("low", "high", "normal")}
+    for prio, cid in cids.items():
+        with conn.cursor() as cur:
+            cur.execute("UPDATE campaigns SET priority = %s WHERE campaign_id = %s", (prio, cid))
+        conn.commit()
+        idle(conn, cid)
+    only = list(cids.values())
+    first = stalled(conn, idle_s=300, run_active=lambda r: False, campaign_ids=only, at_once=1)
+    assert [r["campaign_id"] for r in first] == [cids["high"]]
+    # That re-drive is queued or running: no room for another, and the waiting ones are not counted.
+    active = {first[0]["run_id"]}
+    assert stalled(conn, idle_s=300, run_active=lambda r: r in active, campaign_ids=only, at_once=1) == []
+    assert {ledger.campaign(conn, c).redrives for c in (cids["low"], cids["normal"])} == {0}
+    # Once it has finished its campaign, the next one goes: normal before low.
+    ledger.set_state(conn, cids["high"], "complete")
+    nxt = stalled(conn, idle_s=300, run_active=lambda r: False, campaign_ids=only, at_once=1)
+    assert [r["campaign_id"] for r in nxt] == [cids["normal"]]

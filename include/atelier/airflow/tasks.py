@@ -127,7 +127,7 @@ def reap(ti: Any = None) -> list[dict[str, Any]]:
     re-drives (run id and conf each) returned for the re-drive task to trigger; a campaign given
     up is finalized again so its report says so."""
     from atelier import metrics
-    from atelier.reaper import sweep
+    from atelier.reaper import REDRIVES_AT_ONCE, sweep
 
     def run_active(run_id: str) -> bool:
         # Tasks cannot read the metadata DB in Airflow 3: the Task SDK asks the API server (the
@@ -135,7 +135,7 @@ def reap(ti: Any = None) -> list[dict[str, Any]]:
         return ti.get_dr_count(dag_id=DROP_DAG, run_ids=[run_id], states=["queued", "running"]) > 0
 
     with from_connections() as res:
-        done = sweep(res, run_active)
+        done = sweep(res, run_active, at_once=REDRIVES_AT_ONCE)
     metrics.reaper_swept(done)
     print(done)
     return done.redrives
