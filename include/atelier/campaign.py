@@ -168,6 +168,7 @@ def plan(res: Resources, campaign_id: str, requested_shard_size: int = 0) -> lis
             providers.producer(camp.provider, brand),
             ledger.LiveOutputs(res.storage),
             requested_shard_size,
+            providers.pool_slots(camp.provider),
         )
         camp = ledger.campaign(res.conn, campaign_id)
     counts = ledger.state_counts(res.conn, campaign_id)

@@ -174,11 +174,13 @@ def plan_campaign(
     producer: Producer,
     live_outputs: LiveOutputs,
     requested_shard_size: int = 0,
+    parallel: int = 1,
 ) -> None:
     """Writes the SKUs and renders of a registered campaign in one transaction, fails the renders of
     inputs that could not be fingerprinted (with the reason), marks renders whose render key already
     has a live output as skipped (dedup across campaigns and within the drop), and assigns the rest
-    to shards. A campaign that is already planned is left as it is."""
+    to shards (``parallel``: how many shards run at once, planning.shard_size). A campaign that is
+    already planned is left as it is."""
     with conn.cursor() as cur:
         cur.execute("SELECT state FROM campaigns WHERE campaign_id = %s FOR UPDATE", (campaign_id,))
         got = cur.fetchone()
@@ -252,7 +254,7 @@ def plan_campaign(
             "SELECT count(DISTINCT sku) FROM renders WHERE campaign_id = %s AND state = 'pending'", (campaign_id,)
         )
         to_render = cur.fetchone()[0]
-        size = planning.shard_size(to_render, requested_shard_size)
+        size = planning.shard_size(to_render, requested_shard_size, parallel)
         cur.execute(
             """WITH todo AS (
                  SELECT s.sku, (row_number() OVER (ORDER BY s.row_no) - 1) / %s AS shard FROM skus s

@@ -320,7 +320,10 @@ class Sweep:
 
 
 def sweep(
-    res: Any, run_active: Callable[[str], bool] | None, campaign_ids: list[str] | None = None, at_once: int | None = None
+    res: Any,
+    run_active: Callable[[str], bool] | None,
+    campaign_ids: list[str] | None = None,
+    at_once: int | None = None,
 ) -> Sweep:
     """One pass of the reaper (``res``: a ledger connection and S3 storage): expired leases back to
     pending, ledger and S3 reconciled, stalled campaigns re-driven or given up. A campaign given up
@@ -331,9 +334,7 @@ def sweep(
 
     expired = reap_expired(res.conn)
     fixed = reconcile(res.conn, res.storage, active_campaigns(res.conn) if campaign_ids is None else campaign_ids)
-    redrives, given_up = redrive_or_give_up(
-        res.conn, run_active=run_active, campaign_ids=campaign_ids, at_once=at_once
-    )
+    redrives, given_up = redrive_or_give_up(res.conn, run_active=run_active, campaign_ids=campaign_ids, at_once=at_once)
     for cid in given_up:
         note = ledger.campaign(res.conn, cid).qa or {}
         qa = {"success": False, "success_ratio": 0.0, "missing_objects": None, **note}

@@ -254,7 +254,9 @@ def _refingerprint(
     return ok, bad
 
 
-def _requeue(cur: Any, campaign_id: str, attempt: int, items: list[dict[str, Any]], closing_run: str | None) -> int:
+def _requeue(
+    cur: Any, campaign_id: str, attempt: int, items: list[dict[str, Any]], closing_run: str | None, parallel: int = 1
+) -> int:
     """Closes the current attempt of each render (kept in render_attempts) and puts it back to
     pending as ``attempt``, in new shards after the campaign's existing ones. Returns the shard count."""
     keys = [(i["sku"], i["spec"]) for i in items]
@@ -272,7 +274,7 @@ def _requeue(cur: Any, campaign_id: str, attempt: int, items: list[dict[str, Any
     )
     cur.execute("SELECT COALESCE(max(shard), -1) + 1 FROM skus WHERE campaign_id = %s", (campaign_id,))
     base = cur.fetchone()[0]
-    size = planning.shard_size(len(skus), 0)
+    size = planning.shard_size(len(skus), 0, parallel)
     # new shard numbers: an old shard's task (a zombie, or a cleared one) never claims these renders
     cur.execute(
         """WITH todo AS (
@@ -368,7 +370,9 @@ def prepare(
             if dry_run:
                 conn.rollback()
                 return plan
-            shards = _requeue(cur, campaign_id, new_attempt, requeue, last_run or first_run)
+            from atelier.providers import pool_slots
+
+            shards = _requeue(cur, campaign_id, new_attempt, requeue, last_run or first_run, pool_slots(provider))
             cur.execute(
                 """UPDATE campaigns SET state = 'planned', attempt = %s, last_run_id = %s, finished_at = NULL,
                      reopened_at = NULL, redrives_at_reopen = redrives, shard_count = %s, updated_at = now()

@@ -10,18 +10,26 @@ def assign(n: int, size: int) -> list[int]:
     return [planning.shard_of(i, size) for i in range(n)]
 
 
-@given(st.integers(min_value=1, max_value=200_000))
-def test_auto_sizing_puts_every_sku_in_exactly_one_shard_within_the_cap(n: int):
-    size = planning.shard_size(n)
+@given(st.integers(min_value=1, max_value=200_000), st.integers(min_value=1, max_value=64))
+def test_auto_sizing_puts_every_sku_in_exactly_one_shard_within_the_cap(n: int, parallel: int):
+    size = planning.shard_size(n, 0, parallel)
     shards = assign(n, size)
     count = planning.shard_count(n, size)
     assert sorted(set(shards)) == list(range(count))  # contiguous, none empty
     assert len(shards) == n  # each SKU once
     assert count <= planning.MAX_SHARDS
-    if n <= planning.SMALL_DROP:
-        assert size == 1
-    else:
-        assert size >= planning.MIN_SHARD
+    if size < planning.MIN_SHARD:  # a small drop: one wave of the pool, as even as contiguous shards get
+        assert count <= parallel and size == -(-n // parallel)
+    else:  # beyond that, no shards smaller than needed
+        assert size in (planning.MIN_SHARD, -(-n // planning.MAX_SHARDS)) or count <= parallel
+
+
+def test_auto_sizing_examples():
+    assert planning.shard_size(10, 0, 3) == 4  # 3 shards: one wave of a 3-slot pool
+    assert planning.shard_size(2, 0, 3) == 1
+    assert planning.shard_size(40, 0, 3) == 14
+    assert planning.shard_size(2000, 0, 3) == 20  # 100 shards
+    assert planning.shard_size(100_000, 0, 3) == 391  # 256 shards
 
 
 @given(st.integers(min_value=1, max_value=200_000), st.integers(min_value=1, max_value=10_000))

@@ -324,7 +324,8 @@ def _drop(res: Resources, tmp_path: Path, uid: str, skus: int, transient: int, c
     corrupt = images[-1].stem if corrupt_input else None
     for img in images[:transient]:
         bad.add(hashlib.sha256(img.read_bytes()).hexdigest())
-    req = DropRequest.from_params(params(upload(res.storage, tmp_path, base, corrupt=corrupt)))
+    # one SKU per shard, so a shard's failures are one SKU's
+    req = DropRequest.from_params(params(upload(res.storage, tmp_path, base, corrupt=corrupt), shard_size=1))
     summary = run_drop(res, req, f"drop__{uid}")
     sku_of = {r["image_uri"].rsplit("/", 1)[1].rsplit(".", 1)[0]: r["sku"] for r in _skus(res, summary["campaign_id"])}
     return summary, {sku_of[i.stem] for i in images[:transient]}, sku_of.get(corrupt) if corrupt else None

@@ -36,6 +36,11 @@ def config(name: str) -> dict[str, Any]:
     return cfg
 
 
+def pool_slots(name: str) -> int:
+    """Slots of the provider's Airflow pool (``pools.json``): how many of its shards run at once."""
+    return int(load_config("pools.json")[config(name)["pool"]]["slots"])
+
+
 def chain(name: str) -> list[str]:
     """The primary provider followed by its fallbacks, each once."""
     out = [name]
