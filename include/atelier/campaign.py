@@ -23,6 +23,32 @@ from atelier.storage import split_s3
 log = logs.get("atelier.campaign")
 
 
+def rerun_conf(
+    campaign_id: str,
+    brand: str,
+    drop_id: str,
+    manifest_uri: str,
+    specs: list[dict[str, Any]],
+    provider: str,
+    priority: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The trigger conf of another run of a registered campaign (a re-drive, a retry): it finishes
+    that campaign with its recorded specs, whatever the configuration says today."""
+    return {
+        "brand": brand,
+        "manifest_uri": manifest_uri,
+        "drop_id": drop_id,
+        "output_specs": [s["name"] for s in specs],
+        "provider": provider,
+        "priority": priority,
+        "shard_size": 0,
+        "dry_run": False,
+        "campaign_id": campaign_id,
+        **extra,
+    }
+
+
 @dataclass(frozen=True)
 class DropRequest:
     brand: str

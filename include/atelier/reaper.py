@@ -269,22 +269,10 @@ def redrive_or_give_up(
         )
         rows = cur.fetchall()
     conn.commit()
+    from atelier.campaign import rerun_conf
+
     redrives = [
-        {
-            "campaign_id": cid,
-            "run_id": run_id,
-            "conf": {
-                "brand": brand,
-                "manifest_uri": uri,
-                "drop_id": drop,
-                "output_specs": [s["name"] for s in specs],
-                "provider": provider,
-                "priority": priority,
-                "shard_size": 0,
-                "dry_run": False,
-                "campaign_id": cid,  # a re-drive finishes this campaign, whatever config says today
-            },
-        }
+        {"campaign_id": cid, "run_id": run_id, "conf": rerun_conf(cid, brand, drop, uri, specs, provider, priority)}
         for cid, brand, drop, uri, specs, provider, priority, run_id in rows
     ]
     return redrives, given_up

@@ -342,19 +342,12 @@ def prepare(
                 keep += unreadable
             new_attempt = attempt + 1
             run_id = run_id_for(campaign_id, new_attempt)
-            conf = {
-                "brand": brand,
-                "manifest_uri": uri,
-                "drop_id": drop,
-                "output_specs": [s["name"] for s in specs],
-                "provider": provider,
-                "priority": priority,
-                "shard_size": 0,
-                "dry_run": False,
-                "campaign_id": campaign_id,  # finish this campaign with its recorded specs
-                "retry_of": campaign_id,  # validate/register skip: nothing new to register
-                "attempt": new_attempt,
-            }
+            from atelier.campaign import rerun_conf
+
+            # retry_of: validate/register skip, there is nothing new to register
+            conf = rerun_conf(
+                campaign_id, brand, drop, uri, specs, provider, priority, retry_of=campaign_id, attempt=new_attempt
+            )
             plan = RetryPlan(campaign_id, new_attempt, run_id, conf, requeue, keep, dry_run)
             if not requeue:
                 filt = f" whose reason contains {reason_contains!r}" if reason_contains else ""
