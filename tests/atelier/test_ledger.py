@@ -44,9 +44,9 @@ def test_plan_shards_and_renders(conn: Any, storage: Storage, uid: str):
     items = rows(100, uid)
     cid = new_campaign(conn, storage, uid, items, {r.image_uri: f"fp-{uid}-{r.sku}" for r in items})
     camp = ledger.campaign(conn, cid)
-    assert (camp.sku_count, camp.render_count, camp.shard_size, camp.shard_count) == (100, 200, 20, 5)
+    assert (camp.sku_count, camp.render_count, camp.shard_size, camp.shard_count) == (100, 200, 50, 2)
     shards = ledger.open_shards(conn, cid)
-    assert [s.skus for s in shards] == [20] * 5
+    assert [s.skus for s in shards] == [50] * 2
     assert ledger.state_counts(conn, cid)["pending"] == 200
     # planning again changes nothing
     ledger.plan_campaign(conn, cid, items, {}, SPECS, PRODUCER, ledger.LiveOutputs(storage))

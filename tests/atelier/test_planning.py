@@ -28,7 +28,7 @@ def test_auto_sizing_examples():
     assert planning.shard_size(10, 0, 3) == 4  # 3 shards: one wave of a 3-slot pool
     assert planning.shard_size(2, 0, 3) == 1
     assert planning.shard_size(40, 0, 3) == 14
-    assert planning.shard_size(2000, 0, 3) == 20  # 100 shards
+    assert planning.shard_size(2000, 0, 3) == 50  # 40 shards
     assert planning.shard_size(100_000, 0, 3) == 391  # 256 shards
 
 

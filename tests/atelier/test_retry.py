@@ -370,7 +370,7 @@ def test_a_retry_reruns_only_transient_failures_and_counts_each_render_once(
     assert camp.state == "planned" and camp.last_run_id == rp.run_id and camp.finished_at is None
     # the provider is asked under the attempt's own key (it would answer the render key with the corrupt bytes)
     shards = plan(res, cid)
-    assert len(shards) == 3  # one per re-queued SKU (small drops: one SKU per shard)
+    assert len(shards) == 3  # 3 re-queued SKUs fill the 3-slot studio pool: one SKU per shard
     claimed = ledger.claim(res.conn, cid, shards[0]["shard"], "probe#1")
     assert claimed and {c.attempt for c in claimed} == {2}
     ctx = shard_context(res, cid)
