@@ -9,7 +9,9 @@ that **stalled** with work left (no render touched for five minutes), or were re
 had been finalized, are **re-driven**: a new `catalog_drop` run of the same campaign (run id
 `redrive__<campaign>__<n>`), which renders only what is still missing and finalizes again. A
 campaign whose first run or latest re-drive is still queued or running (e.g. waiting behind
-another campaign in its provider's pool) is left alone: it is not stalled.
+another campaign in its provider's pool) is left alone: it is not stalled. At most one re-drive
+run is queued or running at once (highest priority and longest stalled first), so re-drives never
+take the run slots people's drops need.
 """
 
 from __future__ import annotations

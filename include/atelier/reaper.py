@@ -15,9 +15,9 @@ log = logs.get("atelier.reaper")
 IDLE_S = 300  # a campaign whose renders nobody touched for this long has stalled
 MAX_REDRIVES = 3  # after this many re-drives (since its last reopen) a stalled campaign is failed
 # Re-drive runs queued or running at once (the reaper DAG's cap). catalog_drop runs 4 at a time; a
-# stack restart can find dozens of stalled campaigns, and re-driving all of them at once filled
-# every run slot for an hour while a person's drop stayed queued behind them (measured). The rest
-# wait for later sweeps, highest priority and longest stalled first.
+# stack restart found ~30 stalled campaigns, and re-driving all of them at once filled every run
+# slot: a person's 10-SKU drop stayed queued behind them for 20 minutes (measured). The rest wait
+# for later sweeps, highest priority and longest stalled first.
 REDRIVES_AT_ONCE = 1
 FINISHED = ("complete", "partial", "failed")
 
