@@ -137,10 +137,9 @@ def bench_figures(af: Any, run_id: str, cid: str, label: str, state: str, provid
         slot_ms = int(cur.fetchone()[0])
     conn.close()
     mapped = len(af.mapped_instances(run_id, provider))
-    from atelier.providers import config
+    from atelier.providers import pool_slots
 
-    pool = str(config(provider)["pool"])
-    slots = json.loads((ROOT / "config" / "pools.json").read_text())[pool]["slots"]
+    slots = pool_slots(provider)  # the configuration the stack runs with, not the checkout's file
     return {
         "label": label,
         "run_id": run_id,
